@@ -1,0 +1,65 @@
+"""nnU-Net's local logger, extended with per-epoch auxiliary loss curves.
+
+nnU-Net's ``LocalLogger`` only accepts its fixed keys. ``ExtLocalLogger`` lets a trainer register
+more keys (one value per epoch, like nnU-Net's own) and draws them in ``progress.png`` as a fourth
+panel under nnU-Net's three (loss / pseudo Dice, epoch time, learning rate). The extra values live
+in the same dict nnU-Net checkpoints, so ``--c`` restores them with everything else.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+
+class ExtLocalLogger(LocalLogger):
+    """``LocalLogger`` + ``register(keys)`` + a progress plot that shows the registered keys."""
+
+    def __init__(self, verbose: bool = False):
+        super().__init__(verbose)
+        self.extra_keys: list = []
+
+    def register(self, keys: Iterable[str]) -> None:
+        for k in keys:
+            if k not in self.my_fantastic_logging:
+                self.my_fantastic_logging[k] = []
+            if k not in self.extra_keys:
+                self.extra_keys.append(k)
+
+    def load_checkpoint(self, checkpoint: dict):
+        # keep registered keys present when resuming from a checkpoint written without them
+        super().load_checkpoint(checkpoint)
+        for k in self.extra_keys:
+            self.my_fantastic_logging.setdefault(k, [])
+
+    def plot_progress_png(self, output_folder):
+        if not self.extra_keys:
+            return super().plot_progress_png(output_folder)
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        # nnU-Net's own three panels first, then our panel appended below them
+        super().plot_progress_png(output_folder)
+        path = os.path.join(output_folder, "progress.png")
+        base = Image.open(path).convert("RGB")
+        epoch = min(len(self.my_fantastic_logging[k]) for k in self.my_fantastic_logging) - 1
+        dpi = 100
+        fig, ax = plt.subplots(1, 1, figsize=(base.width / dpi, 18), dpi=dpi)
+        x = list(range(epoch + 1))
+        for k in self.extra_keys:
+            ax.plot(x, self.my_fantastic_logging[k][:epoch + 1], ls="-", label=k, linewidth=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("auxiliary loss (unweighted)")
+        ax.legend(loc=(0, 1))
+        plt.tight_layout()
+        tmp = path + ".aux.png"
+        fig.savefig(tmp, dpi=dpi)
+        plt.close(fig)
+        panel = Image.open(tmp).convert("RGB")
+        out = Image.new("RGB", (base.width, base.height + panel.height), "white")
+        out.paste(base, (0, 0))
+        out.paste(panel, (0, base.height))
+        out.save(path + ".tmp.png")
+        os.replace(path + ".tmp.png", path)
+        os.remove(tmp)

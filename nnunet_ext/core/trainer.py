@@ -1,0 +1,134 @@
+"""``nnUNetTrainerExt``: nnU-Net's trainer with pluggable auxiliary loss terms and feature taps.
+
+A method is a subclass that overrides ``build_loss_terms`` (and, if it needs more, one or two of
+nnU-Net's usual hooks). The train step stays nnU-Net's: same autocast (CUDA only), GradScaler,
+gradient clipping at 12, optimiser and poly schedule. What changes:
+
+1. After ``initialize`` the trainer asks its loss terms which features they need and registers
+   ``FeatureTaps`` for exactly those (none: no hooks at all).
+2. ``train_step`` runs the network once, computes nnU-Net's segmentation loss and every term, and
+   back-propagates ``seg + sum(weight * term)``.
+3. Every term's unweighted value is averaged per epoch (over all DDP ranks), logged under its
+   name, printed in the training log and drawn in ``progress.png``.
+
+The network built and checkpointed is nnU-Net's own, so ``nnUNetv2_predict`` needs nothing extra.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch import autocast
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_ext.core.feature_taps import FeatureTaps
+from nnunet_ext.core.logging import ExtLocalLogger
+from nnunet_ext.core.loss_terms import LossTerm, StepState, total_loss
+
+NNUNET_LOG_KEYS = ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses", "val_losses", "lrs",
+                   "epoch_start_timestamps", "epoch_end_timestamps")
+
+
+class nnUNetTrainerExt(nnUNetTrainer):
+    """Base trainer of nnunet_ext. With no loss terms it trains exactly like ``nnUNetTrainer``."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.logger.local_logger = ExtLocalLogger(self.logger.local_logger.verbose)
+        self.loss_terms: List[LossTerm] = []
+        self.feature_taps: FeatureTaps | None = None
+        self.aux_loss_names: List[str] = []
+
+    # ---- what a method overrides -------------------------------------------------------------
+    def build_loss_terms(self) -> List[LossTerm]:
+        """The auxiliary loss terms of this method (default: none)."""
+        return []
+
+    # ---- machinery ------------------------------------------------------------------------------
+    def initialize(self):
+        if self.was_initialized:
+            return super().initialize()  # raises nnU-Net's own error
+        super().initialize()
+        self.loss_terms = [t.to(self.device) for t in self.build_loss_terms()]
+        names = [n for t in self.loss_terms for n in t.required_features(self.network)]
+        # hooks go on the plain module; torch.compile traces them at the (lazy) first call
+        self.feature_taps = FeatureTaps(self.network, names) if names else None
+
+    def register_aux_losses(self, names: List[str]) -> None:
+        """Declare the names of logged auxiliary terms (done on first use, or earlier by a method)."""
+        new = [n for n in names if n not in self.aux_loss_names]
+        if new:
+            self.aux_loss_names.extend(new)
+            self.logger.local_logger.register(new)
+
+    def forward_with_terms(self, data, target):
+        """One forward pass: returns ``(total, seg_loss, {name: WeightedTerm})``."""
+        output = self.network(data)
+        features = self.feature_taps.pop() if self.feature_taps is not None else {}
+        seg_loss = self.loss(output, target)
+        state = StepState(data=data, target=target, output=output, features=features)
+        terms = {}
+        for term in self.loss_terms:
+            terms.update(term(state))
+        return total_loss(seg_loss, terms), seg_loss, terms
+
+    def train_step(self, batch: dict) -> dict:
+        if not self.loss_terms:
+            return super().train_step(batch)
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            loss, seg_loss, terms = self.forward_with_terms(data, target)
+        self.backward_and_step(loss)
+        self.register_aux_losses(list(terms))
+        out = {"loss": loss.detach().cpu().numpy()}
+        for k, t in terms.items():
+            out[k] = t.value.detach().float().cpu().numpy()
+        return out
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """nnU-Net's update: GradScaler on CUDA, gradient norm clipped at 12."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        if not self.aux_loss_names:
+            return
+        outputs = collate_outputs(train_outputs)
+        for name in self.aux_loss_names:
+            vals = np.asarray(outputs.get(name, [np.nan]), dtype=np.float64)
+            if self.is_ddp:
+                gathered = [None for _ in range(dist.get_world_size())]
+                dist.all_gather_object(gathered, vals)
+                vals = np.concatenate([np.ravel(g) for g in gathered])
+            self.logger.log(name, float(np.nanmean(vals)), self.current_epoch)
+
+    def on_epoch_end(self):
+        for name in self.aux_loss_names:
+            self.print_to_log_file(name, np.round(self.logger.get_value(name, step=-1), decimals=5))
+        super().on_epoch_end()
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        # every logged key that is not nnU-Net's own is one of our auxiliary curves
+        logged = self.logger.local_logger.my_fantastic_logging
+        self.register_aux_losses([k for k in logged if k not in NNUNET_LOG_KEYS])

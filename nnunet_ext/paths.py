@@ -1,0 +1,43 @@
+"""Where nnunet_ext's trainers live, and checks of nnU-Net's environment variables."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Dict
+
+
+def trainers_path() -> str:
+    """The folder to put on ``nnUNet_extTrainer`` (the installed ``nnunet_ext_trainers`` package, or
+    ``trainers/`` of a source checkout)."""
+    spec = importlib.util.find_spec("nnunet_ext_trainers")
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(list(spec.submodule_search_locations)[0]).resolve())
+    src = Path(__file__).resolve().parent.parent / "trainers"
+    if src.is_dir():
+        return str(src)
+    raise RuntimeError("nnunet_ext's trainers folder was not found: reinstall with `pip install .` from the "
+                       "nnunet_ext source folder")
+
+
+def ext_trainer_env(extra_dirs=(), base: Dict[str, str] | None = None) -> Dict[str, str]:
+    """A copy of ``base`` (default ``os.environ``) whose ``nnUNet_extTrainer`` lists ``extra_dirs``,
+    then nnunet_ext's trainers, then whatever it held before (no duplicates)."""
+    env = dict(os.environ if base is None else base)
+    parts = [str(d) for d in extra_dirs] + [trainers_path()] + \
+        [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    env["nnUNet_extTrainer"] = os.pathsep.join(dict.fromkeys(parts))
+    return env
+
+
+def ext_trainer_status() -> str:
+    """One human-readable line: is nnunet_ext's trainer folder on ``nnUNet_extTrainer``?"""
+    ours = trainers_path()
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if not current:
+        return (f"nnUNet_extTrainer is not set: nnU-Net will not find nnunet_ext's trainers. Run\n"
+                f"  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path)\"")
+    if not any(os.path.realpath(p) == os.path.realpath(ours) for p in current):
+        return (f"nnUNet_extTrainer={os.pathsep.join(current)} does not include nnunet_ext's trainers ({ours}). "
+                f"Run\n  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path){os.pathsep}$nnUNet_extTrainer\"")
+    return f"nnUNet_extTrainer includes nnunet_ext's trainers ({ours})"

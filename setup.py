@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nnunet_ext",
+    version="0.1.0",
+    description="Recent segmentation methods (feature distillation, semantic stacking, CPS, GMS, STEGO) "
+                "as nnU-Net v2 trainers and tools",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nnunet_ext", "nnunet_ext.*"]) + ["nnunet_ext_trainers"],
+    # the nnUNet_extTrainer folder is the repository's trainers/, installed as package nnunet_ext_trainers
+    package_dir={"nnunet_ext_trainers": "trainers"},
+    install_requires=[
+        "nnunetv2>=2.8.1",
+        "torch>=2.1",
+        "numpy",
+        "scipy",
+        "SimpleITK",
+        "tqdm",
+        "h5py",
+        "pillow",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["nnunet-ext=nnunet_ext.cli:main"]},
+)

@@ -1,0 +1,94 @@
+"""SelfReg-UNet's intra_fd / inter_fd against values computed by hand on small tensors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_ext.fd.losses import channel_saliency, feature_distillation, inter_fd, intra_fd, pool_to_common_size
+
+
+def test_channel_saliency_is_mean_of_spatially_normalised_maps():
+    # channel 0: [3, 4] -> normalised [0.6, 0.8], mean 0.7; channel 1: [1, 0] -> [1, 0], mean 0.5
+    f = torch.tensor([[[[3.0, 4.0]], [[1.0, 0.0]]]])  # (1, 2, 1, 2)
+    assert torch.allclose(channel_saliency(f), torch.tensor([0.7, 0.5]))
+
+
+def test_intra_fd_sorts_channels_and_compares_halves():
+    # 4 channels of a (1, 4, 1, 2) map. Saliencies (spatially normalised, averaged):
+    # c0 [1, 0] -> 0.5 ; c1 [1, 1] -> 0.7071 ; c2 [2, 0] -> 0.5 ; c3 [3, 4] -> 0.7
+    f = torch.tensor([[[[1.0, 0.0]], [[1.0, 1.0]], [[2.0, 0.0]], [[3.0, 4.0]]]])
+    # descending: c1 (0.707), c3 (0.7), then c0 / c2 (0.5, tie). Top half {c1, c3} vs bottom half.
+    order = torch.argsort(channel_saliency(f), descending=True)
+    assert order[:2].tolist() == [1, 3]
+    expected = F.mse_loss(f[:, order[:2]], f[:, order[2:]])
+    assert torch.allclose(intra_fd(f), expected)
+    # by hand for the tie order c0 then c2: ((1-1)^2 + (1-0)^2 + (3-2)^2 + (4-0)^2) / 4 = 18 / 4
+    # and c2 then c0: ((1-2)^2 + (1-0)^2 + (3-1)^2 + (4-0)^2) / 4 = 22 / 4
+    assert intra_fd(f).item() in (pytest.approx(4.5), pytest.approx(5.5))
+
+
+def test_intra_fd_3d_odd_channels_and_gradient():
+    f = torch.randn(2, 5, 3, 4, 4, requires_grad=True)
+    loss = intra_fd(f)
+    loss.backward()
+    # odd C: the least salient channel is left out, so it receives no gradient
+    order = torch.argsort(channel_saliency(f.detach()), descending=True)
+    assert f.grad[:, order[-1]].abs().sum() == 0
+    assert f.grad[:, order[0]].abs().sum() > 0
+
+
+def test_inter_fd_pools_to_smaller_size_and_detaches_teacher():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 4, 8, 8, requires_grad=True)
+    t = torch.randn(2, 6, 4, 4, requires_grad=True)
+    loss = inter_fd(s, t, generator=g)
+    # the same draws by hand
+    g2 = torch.Generator().manual_seed(0)
+    idx_s = torch.randperm(4, generator=g2)[:4]
+    idx_t = torch.randperm(6, generator=g2)[:4]
+    expected = F.mse_loss(F.adaptive_avg_pool2d(s, (4, 4))[:, idx_s], t[:, idx_t])
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None  # teacher detached
+
+
+def test_inter_fd_pools_each_axis_to_the_minimum_3d():
+    a, b = torch.randn(1, 2, 4, 8, 8), torch.randn(1, 3, 8, 4, 8)
+    pa, pb = pool_to_common_size(a, b)
+    assert pa.shape[2:] == pb.shape[2:] == (4, 4, 8)
+
+
+def test_inter_fd_channel_pairing_reproducible_under_seed():
+    s, t = torch.randn(1, 8, 4, 4), torch.randn(1, 16, 4, 4)
+    v1 = inter_fd(s, t, torch.Generator().manual_seed(123))
+    v2 = inter_fd(s, t, torch.Generator().manual_seed(123))
+    v3 = inter_fd(s, t, torch.Generator().manual_seed(124))
+    assert torch.equal(v1, v2)
+    assert not torch.equal(v1, v3)
+    torch.manual_seed(5)
+    w1 = inter_fd(s, t)
+    torch.manual_seed(5)
+    assert torch.equal(w1, inter_fd(s, t))
+
+
+def test_inter_fd_of_maps_that_agree_after_pooling_is_zero():
+    # a constant student pooled to the teacher's size equals the constant teacher in every channel
+    assert inter_fd(torch.full((1, 4, 8, 8), 2.0), torch.full((1, 6, 4, 4), 2.0)).item() == 0
+    assert inter_fd(torch.full((1, 4, 8, 8), 2.0), torch.full((1, 6, 4, 4), 3.0)).item() == pytest.approx(1.0)
+
+
+def test_feature_distillation_averages_and_skips_teacher_in_inter():
+    g = torch.Generator().manual_seed(0)
+    f1, f2 = torch.randn(1, 4, 8, 8), torch.randn(1, 8, 4, 4)
+    teacher = torch.randn(1, 4, 8, 8)
+    intra, inter = feature_distillation([f1, f2, teacher], teacher, generator=g)
+    assert torch.allclose(intra, (intra_fd(f1) + intra_fd(f2) + intra_fd(teacher)) / 3)
+    g2 = torch.Generator().manual_seed(0)
+    assert torch.allclose(inter, (inter_fd(f1, teacher, g2) + inter_fd(f2, teacher, g2)) / 2)
+    i0, e0 = feature_distillation([f1], teacher, use_intra=False)
+    assert i0.item() == 0 and e0.item() > 0
+
+
+def test_rejects_wrong_rank():
+    with pytest.raises(ValueError, match="feature map"):
+        intra_fd(torch.randn(3, 4))
