@@ -1,0 +1,14 @@
+"""Convert: Kvasir-SEG polyps (images/*.jpg + masks/*.jpg).
+
+Usage: python dataset_conversion/convert_kvasir_seg.py --source DIR --id N [options]  (--help lists them)
+Same as: nnunet-ext convert kvasir_seg --source DIR --id N [options]. See docs/datasets.md.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from nnunet_ext.conversion import CONVERTERS  # noqa: E402
+
+if __name__ == "__main__":
+    CONVERTERS["kvasir_seg"].main()

@@ -1,0 +1,14 @@
+"""Convert: original MSD TaskXX_Name folder (delegates to nnU-Net's convert_msd_dataset).
+
+Usage: python dataset_conversion/convert_msd.py --source DIR --id N [options]  (--help lists them)
+Same as: nnunet-ext convert msd --source DIR --id N [options]. See docs/datasets.md.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from nnunet_ext.conversion import CONVERTERS  # noqa: E402
+
+if __name__ == "__main__":
+    CONVERTERS["msd"].main()

@@ -1,0 +1,14 @@
+"""Convert: Synapse multi-organ CT as distributed for TransUNet (train_npz/, test_vol_h5/).
+
+Usage: python dataset_conversion/convert_synapse.py --source DIR --id N [options]  (--help lists them)
+Same as: nnunet-ext convert synapse --source DIR --id N [options]. See docs/datasets.md.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from nnunet_ext.conversion import CONVERTERS  # noqa: E402
+
+if __name__ == "__main__":
+    CONVERTERS["synapse"].main()

@@ -1,0 +1,92 @@
+"""Where a converted dataset goes, and how it gets there without ever leaving a half-written dataset.
+
+A converter writes everything into a hidden temporary folder next to the target
+(``<raw_root>/.DatasetXXX_Name.tmp-<random>``, on the same file system so that the final rename is
+atomic) and only renames it to ``<raw_root>/DatasetXXX_Name`` after all files were written and the
+output was validated. If anything fails, the temporary folder is removed and an existing dataset is
+left exactly as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterator, Optional
+
+from .errors import TargetExistsError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+def resolve_raw_root(raw_root: Optional[str] = None) -> str:
+    """Return the nnU-Net raw root: ``raw_root`` if given, else ``$nnUNet_raw``.
+
+    Raises ``ValueError`` with an explanation if neither is set.
+    """
+    root = raw_root if raw_root else os.environ.get("nnUNet_raw")
+    if not root:
+        raise ValueError("No output folder: pass --output DIR (raw_root=...) or set the nnUNet_raw "
+                         "environment variable to nnU-Net's raw data folder.")
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """nnU-Net's folder name ``DatasetXXX_Name`` for an id and a name (validated)."""
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 0 < dataset_id <= 999:
+        raise ValueError(f"dataset id must be an integer between 1 and 999, got {dataset_id!r}")
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(f"dataset name {name!r} is not usable by nnU-Net: use letters, digits, '_' "
+                         f"and '-' only (no spaces)")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def check_target(raw_root: str, folder_name: str, overwrite: bool) -> str:
+    """Return the absolute target folder after checking it may be written.
+
+    Refuses (``TargetExistsError``) when the target exists and ``overwrite`` is false, and always
+    when a *different* dataset with the same id exists in ``raw_root`` (nnU-Net identifies datasets
+    by id, so two folders with one id would make both unusable).
+    """
+    target = os.path.join(raw_root, folder_name)
+    prefix = folder_name.split("_", 1)[0] + "_"
+    if os.path.isdir(raw_root):
+        clashes = [d for d in os.listdir(raw_root)
+                   if d.startswith(prefix) and d != folder_name and os.path.isdir(os.path.join(raw_root, d))]
+        if clashes:
+            raise TargetExistsError(f"dataset id {prefix[7:10]} is already used by {clashes} in {raw_root}; "
+                                    f"choose another --id (this converter never deletes a different dataset)")
+    if os.path.exists(target) and not overwrite:
+        raise TargetExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str, overwrite: bool) -> Iterator[str]:
+    """Yield a fresh temporary folder next to ``target``; on success move it to ``target``.
+
+    On an exception inside the ``with`` block the temporary folder is deleted and ``target`` is not
+    touched. With ``overwrite``, an existing ``target`` is replaced only at the very end (it is first
+    renamed aside, then the new folder is renamed in, then the old one is deleted).
+    """
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
+    if os.path.exists(target):
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TargetExistsError(f"{target} appeared while converting; refusing to overwrite it")
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
+        os.rmdir(old)
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
