@@ -1,7 +1,7 @@
 """Convert: ACDC cardiac MRI, original NIfTI release (training/, testing/ patientXXX folders).
 
 Usage: python dataset_conversion/convert_acdc.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert acdc --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert acdc --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

@@ -1,7 +1,7 @@
 """Convert: ACDC cardiac MRI, SSL4MIS h5 layout (train/val/test.list + data/*.h5).
 
 Usage: python dataset_conversion/convert_acdc_h5.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert acdc_h5 --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert acdc_h5 --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

@@ -1,7 +1,7 @@
 """Convert: CVC-ClinicDB polyps (Original/ + Ground Truth/, .tif or .png).
 
 Usage: python dataset_conversion/convert_cvc_clinicdb.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert cvc_clinicdb --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert cvc_clinicdb --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

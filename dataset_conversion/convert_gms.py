@@ -1,7 +1,7 @@
 """Convert: GMS layout (images/, masks/, *_train_test_names.pkl): BUS, BUSI, GlaS, HAM10000, Kvasir-Instrument.
 
 Usage: python dataset_conversion/convert_gms.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert gms --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert gms --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

@@ -1,7 +1,7 @@
 """Convert: Kvasir-SEG polyps (images/*.jpg + masks/*.jpg).
 
 Usage: python dataset_conversion/convert_kvasir_seg.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert kvasir_seg --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert kvasir_seg --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

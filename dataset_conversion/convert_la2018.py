@@ -1,7 +1,7 @@
 """Convert: LA 2018 left atrium MRI in the UA-MT h5 layout (<ID>/mri_norm2.h5, *.list).
 
 Usage: python dataset_conversion/convert_la2018.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert la2018 --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert la2018 --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

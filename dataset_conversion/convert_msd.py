@@ -1,7 +1,7 @@
 """Convert: original MSD TaskXX_Name folder (delegates to nnU-Net's convert_msd_dataset).
 
 Usage: python dataset_conversion/convert_msd.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert msd --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert msd --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

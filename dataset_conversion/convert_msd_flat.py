@@ -1,7 +1,7 @@
 """Convert: flat MSD copy (images/*.nii.gz + labels/*.nii.gz), e.g. Hippocampus.
 
 Usage: python dataset_conversion/convert_msd_flat.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert msd_flat --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert msd_flat --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

@@ -1,7 +1,7 @@
 """Convert: Synapse multi-organ CT as distributed for TransUNet (train_npz/, test_vol_h5/).
 
 Usage: python dataset_conversion/convert_synapse.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert synapse --source DIR --id N [options]. See docs/datasets.md.
+Same as: nnunet-ext convert synapse --source DIR --id N [options]. See the README (section Datasets).
 """
 import os
 import sys

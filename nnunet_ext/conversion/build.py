@@ -45,7 +45,7 @@ class DatasetInfo:
     name: str = ""
     description: str = ""
     reference: str = ""
-    licence: str = "see the dataset's original licence (docs/datasets.md)"
+    licence: str = "see the dataset's original licence (nnunet_ext README, section Datasets)"
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
