@@ -36,6 +36,63 @@ def test_intra_fd_3d_odd_channels_and_gradient():
     assert f.grad[:, order[0]].abs().sum() > 0
 
 
+def test_intra_fd_gradient_matches_autograd_reference():
+    torch.manual_seed(0)
+    f = torch.randn(2, 7, 3, 5, dtype=torch.float64, requires_grad=True)
+    # equals the plain index_select formulation, value and gradient (odd C: one channel left out)
+    order = torch.argsort(channel_saliency(f), descending=True)
+    ref = F.mse_loss(f[:, order[:3]], f[:, order[3:6]])
+    g_ref, = torch.autograd.grad(ref, f)
+    val = intra_fd(f)
+    g, = torch.autograd.grad(val, f)
+    assert torch.allclose(val, ref) and torch.allclose(g, g_ref)
+    # and a central finite difference along a random direction
+    v, eps = torch.randn_like(f), 1e-6
+    with torch.no_grad():
+        fd = (intra_fd(f + eps * v) - intra_fd(f - eps * v)) / (2 * eps)
+    assert torch.allclose(fd, (g * v).sum(), rtol=1e-5)
+
+
+def test_second_backward_is_refused_clearly():
+    f = torch.randn(1, 4, 3, 3, requires_grad=True)
+    loss = intra_fd(f)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="single backward"):
+        loss.backward()
+
+
+def test_workspace_reuse_gives_same_values_and_gradients():
+    from nnunet_ext.fd.losses import Workspace
+
+    ws = Workspace()
+    feats = [torch.randn(2, 6, 8, 8, requires_grad=True), torch.randn(2, 12, 4, 4, requires_grad=True)]
+    teacher = torch.randn(2, 6, 8, 8)
+    results = []
+    for workspace in (None, ws, ws):  # twice with the same workspace: buffers are recycled
+        for f in feats:
+            f.grad = None
+        intra, inter = feature_distillation(feats, teacher, generator=torch.Generator().manual_seed(0),
+                                            workspace=workspace)
+        (intra + inter).backward()
+        results.append((intra.item(), inter.item(), [f.grad.clone() for f in feats]))
+    for r in results[1:]:
+        assert r[0] == pytest.approx(results[0][0]) and r[1] == pytest.approx(results[0][1])
+        for a, b in zip(r[2], results[0][2]):
+            assert torch.allclose(a, b)
+
+
+def test_inter_fd_with_more_student_than_teacher_channels():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 8, 4, 4, requires_grad=True), torch.randn(2, 3, 8, 8)
+    loss = inter_fd(s, t, generator=g)
+    g2 = torch.Generator().manual_seed(3)
+    idx_s, idx_t = torch.randperm(8, generator=g2)[:3], torch.randperm(3, generator=g2)[:3]
+    assert torch.allclose(loss, F.mse_loss(s[:, idx_s], F.adaptive_avg_pool2d(t, (4, 4))[:, idx_t]))
+    loss.backward()
+    unused = sorted(set(range(8)) - set(idx_s.tolist()))
+    assert s.grad[:, unused].abs().sum() == 0
+
+
 def test_inter_fd_pools_to_smaller_size_and_detaches_teacher():
     g = torch.Generator().manual_seed(0)
     s = torch.randn(2, 4, 8, 8, requires_grad=True)

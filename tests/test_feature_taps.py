@@ -46,9 +46,9 @@ def test_taps_keep_outputs_and_return_the_right_features(arch, dim, ds):
         skips = net.encoder(x)
     names = list(tap_points(net))
     taps = FeatureTaps(net, names)
-    with torch.no_grad():
-        out = net(x)
-    feats = taps.pop()
+    out = net(x)  # with autograd on, as in a training step
+    feats = {k: v.detach() for k, v in taps.pop().items()}
+    out = [o.detach() for o in out] if ds else out.detach()
     ref_l, out_l = (ref, out) if ds else ([ref], [out])
     assert len(ref_l) == len(out_l)
     for r, o in zip(ref_l, out_l):
@@ -62,7 +62,8 @@ def test_taps_keep_outputs_and_return_the_right_features(arch, dim, ds):
     assert final.shape[1] == net.encoder.output_channels[0] and final.shape[2:] == x.shape[2:]
     # the segmentation head applied to the tapped final feature reproduces the network output
     head = net.decoder.seg_layers[-1]
-    assert torch.allclose(head(final), out_l[0], atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(head(final), out_l[0], atol=1e-6)
     assert taps.pop() == {}  # popped: empty until the next forward
     taps.remove()
     assert _all_hooks(net) == 0
@@ -108,30 +109,56 @@ def test_unknown_tap_and_untappable_architecture_give_clear_errors():
 
 def test_tapped_features_carry_gradients():
     net = make_net("resenc", 3, True).train()
-    taps = FeatureTaps(net, ["encoder.0.first", "decoder.final"])
+    taps = FeatureTaps(net, ["encoder.1.first", "decoder.final"])
     net(sample(3))
     feats = taps.pop()
-    feats["encoder.0.first"].pow(2).mean().backward()
-    assert net.encoder.stages[0].blocks[0].conv1.conv.weight.grad.abs().sum() > 0
+    feats["encoder.1.first"].pow(2).mean().backward()  # only the tapped feature enters the loss
+    assert net.encoder.stages[1].blocks[0].conv1.conv.weight.grad.abs().sum() > 0
+    assert net.decoder.stages[0].convs[0].conv.weight.grad is None  # after the tap: untouched
+
+
+def test_hooks_store_nothing_without_autograd():
+    net = make_net("plain", 2, True)
+    taps = FeatureTaps(net, ["encoder.0.first", "decoder.final"])
+    with torch.no_grad():
+        net(sample(2))
+    assert taps.pop() == {}
+    with torch.inference_mode():
+        net(sample(2))
+    assert taps.pop() == {}
+    net(sample(2))
+    assert set(taps.pop()) == {"encoder.0.first", "decoder.final"}
 
 
 def test_taps_under_torch_compile():
+    import torch._dynamo
+
     net = make_net("plain", 2, True).train()
     x = sample(2)
     eager_taps = FeatureTaps(net, ["encoder.3.last", "decoder.final"])
     net(x)
     eager = eager_taps.pop()
     eager_taps.remove()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled = torch.compile(net, backend="aot_eager")
     taps = FeatureTaps(compiled, ["encoder.3.last", "decoder.final"])  # after compile, before first call
-    for _ in range(2):  # second call reuses the compiled graph with the same (cleared) store
+    for _ in range(3):  # later calls reuse the compiled graph with the same (cleared) store
         out = compiled(x)
         feats = taps.pop()
         assert set(feats) == {"encoder.3.last", "decoder.final"}
         for k in feats:
             assert torch.allclose(feats[k], eager[k], atol=1e-5)
-    (feats["decoder.final"].mean() + out[0].mean()).backward()
-    assert all(p.grad is not None for p in net.decoder.stages[-1].parameters())
+        with torch.no_grad():  # a validation step in between must not force recompiles of the train graph
+            compiled(x)
+        assert taps.pop() == {}
+    # one graph for training, one for no_grad: like an untapped network
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    assert not torch._dynamo.utils.counters["graph_break"]
+    feats["encoder.3.last"].mean().backward()
+    assert net.encoder.stages[3][0].convs[0].conv.weight.grad.abs().sum() > 0
+    dec_grad = net.decoder.stages[-1].convs[0].conv.weight.grad  # compiled graphs may return zeros
+    assert dec_grad is None or dec_grad.abs().sum() == 0
 
 
 def test_taps_under_ddp():

@@ -11,7 +11,12 @@ blocks that were asked for and nothing else, so:
 - ``torch.compile`` works: hooks are registered after ``torch.compile()`` wraps the network but
   before its first call (compilation is lazy), write into one long-lived dict that is cleared in
   place, and are traced by dynamo together with the modules they sit on,
-- asking for no feature registers no hook: zero cost.
+- asking for no feature registers no hook: zero cost,
+- features are only kept while autograd is on (training steps); under ``torch.no_grad`` /
+  ``inference_mode`` (validation, sliding-window prediction) the hooks store nothing.
+
+Remove taps (``remove``) only before the network's first compiled call: dynamo does not notice hooks
+removed from an already compiled graph.
 
 Tap point names (stage 0 is the highest resolution encoder stage; decoder stage 0 is the one just
 above the bottleneck, the last decoder stage is at full resolution, as in ``UNetDecoder``):
@@ -110,8 +115,8 @@ class FeatureTaps:
     >>> feats = taps.pop()        # {"encoder.4.last": tensor, "decoder.final": tensor}
 
     Features keep their autograd graph, so losses on them train the network. ``pop`` returns what
-    the last forward pass produced and empties the store (also frees the references). ``remove``
-    unregisters the hooks.
+    the last forward pass with autograd enabled produced and empties the store (also frees the
+    references). ``remove`` unregisters the hooks.
     """
 
     def __init__(self, network: nn.Module, names: Iterable[str]):
@@ -135,8 +140,11 @@ class FeatureTaps:
         store = self._store
 
         def hook(module, inputs, output):
-            for n in names_here:
-                store[n] = output
+            # only when autograd is on (training): validation and inference stay exactly stock and
+            # keep nothing alive; under torch.compile grad mode is a global guard, so this adds no graph
+            if torch.is_grad_enabled():
+                for n in names_here:
+                    store[n] = output
         return hook
 
     def pop(self) -> Dict[str, torch.Tensor]:

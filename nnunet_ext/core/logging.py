@@ -20,10 +20,11 @@ class ExtLocalLogger(LocalLogger):
         super().__init__(verbose)
         self.extra_keys: list = []
 
-    def register(self, keys: Iterable[str]) -> None:
+    def register(self, keys: Iterable[str], current_epoch: int = 0) -> None:
+        """Add keys; a key first seen at epoch N > 0 gets NaN for epochs 0..N-1 (one value per epoch)."""
         for k in keys:
             if k not in self.my_fantastic_logging:
-                self.my_fantastic_logging[k] = []
+                self.my_fantastic_logging[k] = [float("nan")] * current_epoch
             if k not in self.extra_keys:
                 self.extra_keys.append(k)
 

@@ -9,7 +9,8 @@ gradient clipping at 12, optimiser and poly schedule. What changes:
 2. ``train_step`` runs the network once, computes nnU-Net's segmentation loss and every term, and
    back-propagates ``seg + sum(weight * term)``.
 3. Every term's unweighted value is averaged per epoch (over all DDP ranks), logged under its
-   name, printed in the training log and drawn in ``progress.png``.
+   name, printed in the training log and drawn in ``progress.png``. nnU-Net's own ``train_losses``
+   stays the segmentation loss, as in stock nnU-Net, so curves compare across trainers.
 
 The network built and checkpointed is nnU-Net's own, so ``nnUNetv2_predict`` needs nothing extra.
 """
@@ -30,8 +31,10 @@ from nnunet_ext.core.feature_taps import FeatureTaps
 from nnunet_ext.core.logging import ExtLocalLogger
 from nnunet_ext.core.loss_terms import LossTerm, StepState, total_loss
 
-NNUNET_LOG_KEYS = ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses", "val_losses", "lrs",
-                   "epoch_start_timestamps", "epoch_end_timestamps")
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+#: the keys nnU-Net's own logger keeps (read from nnU-Net, so keys it adds later are never taken for ours)
+NNUNET_LOG_KEYS = tuple(LocalLogger().my_fantastic_logging)
 
 
 class nnUNetTrainerExt(nnUNetTrainer):
@@ -65,7 +68,7 @@ class nnUNetTrainerExt(nnUNetTrainer):
         new = [n for n in names if n not in self.aux_loss_names]
         if new:
             self.aux_loss_names.extend(new)
-            self.logger.local_logger.register(new)
+            self.logger.local_logger.register(new, self.current_epoch)
 
     def forward_with_terms(self, data, target):
         """One forward pass: returns ``(total, seg_loss, {name: WeightedTerm})``."""
@@ -91,7 +94,9 @@ class nnUNetTrainerExt(nnUNetTrainer):
             loss, seg_loss, terms = self.forward_with_terms(data, target)
         self.backward_and_step(loss)
         self.register_aux_losses(list(terms))
-        out = {"loss": loss.detach().cpu().numpy()}
+        # nnU-Net's train_losses stays the segmentation loss (comparable with stock and with val_losses);
+        # each auxiliary term is logged on its own, unweighted
+        out = {"loss": seg_loss.detach().cpu().numpy()}
         for k, t in terms.items():
             out[k] = t.value.detach().float().cpu().numpy()
         return out

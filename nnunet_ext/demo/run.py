@@ -80,20 +80,31 @@ def _run(cmd, env, log: Path, progress=None) -> None:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed with exit code {rc}; full log: {log}\n{tail}")
 
 
-def _demo_variant(trainer: str, schedule: dict) -> tuple[str, str]:
-    """(variant class name, module source) of a short-schedule subclass of ``trainer``."""
+def _demo_variant(trainer: str, schedule: dict, env: dict) -> tuple[str, str]:
+    """(variant class name, module source) of a short-schedule subclass of ``trainer``.
+
+    The trainer is looked up as ``nnUNetv2_train`` would, with the demo's ``nnUNet_extTrainer``; a
+    class from our trainers folder is imported through its installed package ``nnunet_ext_trainers``.
+    """
+    import contextlib
+    import io
+    from unittest import mock
+
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from nnunet_ext.core.schedule import schedule_variant_source
+    from nnunet_ext.paths import trainers_path
 
-    import contextlib
-    import io
-    with contextlib.redirect_stdout(io.StringIO()):
+    with mock.patch.dict(os.environ, {"nnUNet_extTrainer": env["nnUNet_extTrainer"]}), \
+            contextlib.redirect_stdout(io.StringIO()):
         cls = recursive_find_trainer_class_by_name(trainer)
     module = cls.__module__
-    if importlib.util.find_spec(module.split(".")[0]) is None or "." not in module:
-        raise RuntimeError(f"the demo can compare trainers defined in an importable package (nnunetv2, nnunet_ext); "
-                           f"{trainer} comes from the top-level module {module!r}")
+    source_file = getattr(sys.modules.get(module), "__file__", None) or ""
+    if "." not in module and (Path(trainers_path()) / f"{module}.py").is_file():
+        module = f"nnunet_ext_trainers.{module}"
+    elif "." not in module or importlib.util.find_spec(module.split(".")[0]) is None:
+        raise RuntimeError(f"the demo compares trainers from importable packages (nnunetv2, nnunet_ext and "
+                           f"nnunet_ext's trainers folder); {trainer} comes from {source_file or module!r}")
     name = f"{trainer}_demo"
     return name, schedule_variant_source(module, cls.__name__, name, schedule)
 
@@ -180,7 +191,7 @@ def run_demo(args) -> dict:
     results = {"budget": budget, "device": device, "trainers": {}}
     variants = {}
     for tr in trainers:
-        name, src = _demo_variant(tr, schedule)
+        name, src = _demo_variant(tr, schedule, env)
         module_file = demo_trainers / f"demo_{name}.py"
         if not module_file.is_file() or module_file.read_text() != src:
             module_file.write_text(src)

@@ -12,75 +12,200 @@ inter_fd(f_s, f_t)
     Both maps are adaptive-average-pooled to the smaller spatial size (per axis); k = min(C_s, C_t)
     channel indices are drawn at random without replacement from each; ``MSE(f_s[:, idx_s],
     f_t[:, idx_t].detach())``. The teacher never receives gradient.
+
+Implementation notes (same values, less memory traffic; these maps are the network's largest):
+the saliency is computed from two reductions instead of a normalised copy; intra_fd needs one
+gather of the map and no scatter in backward (see ``intra_fd``); when every student channel takes
+part in inter_fd (C_s <= C_t, the usual case at full resolution) the random pairing is applied to the
+detached teacher instead of the student, so the student needs no gather at all; the difference
+computed in forward is reused as the gradient.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 
-def _spatial_dims(f: torch.Tensor):
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """x in at least fp32 (fp16/bf16 under autocast are promoted; fp32/fp64 unchanged, no copy)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _check(f: torch.Tensor) -> None:
     if f.ndim not in (4, 5):
         raise ValueError(f"expected a 2D (B,C,Y,X) or 3D (B,C,Z,Y,X) feature map, got shape {tuple(f.shape)}")
-    return tuple(range(2, f.ndim))
 
 
+@torch.no_grad()
 def channel_saliency(f: torch.Tensor) -> torch.Tensor:
-    """Per-channel score of intra_fd: batch-and-space mean of the spatially L2-normalised map."""
-    _spatial_dims(f)
-    fn = F.normalize(f.flatten(2), p=2, dim=2)  # L2 over all spatial positions of (b, c)
-    return fn.mean(dim=(0, 2))
+    """Per-channel score of intra_fd: batch-and-space mean of the spatially L2-normalised map.
+
+    ``mean_{b,p} f[b,c,p] / max(||f[b,c,:]||_2, 1e-12)`` (as ``F.normalize``), accumulated in at
+    least fp32, without a normalised copy of f.
+    """
+    _check(f)
+    flat = f.detach().flatten(2)
+    acc = torch.promote_types(f.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays fp64
+    total = flat.sum(2, dtype=acc)
+    norm = torch.linalg.vector_norm(flat, dim=2, dtype=acc).clamp_min(1e-12)
+    return (total / norm).mean(0) / flat.shape[2]
 
 
-def intra_fd(f: torch.Tensor) -> torch.Tensor:
-    """MSE between the more salient half of the channels and the less salient half (see module doc)."""
-    _spatial_dims(f)
+class _SquaredDistance(torch.autograd.Function):
+    """``sum((f - other)^2) / denom`` with gradient ``grad_factor * 2 (f - other) / denom`` for f only.
+
+    ``other`` must be a fresh tensor owned by the caller (a gather of f or of a detached teacher): it
+    is overwritten with the difference, which is kept for backward, so forward and backward are a
+    handful of passes over the map and nothing else is materialised. ``grad_factor`` is 2 when
+    ``other`` is a channel permutation of f itself (intra_fd: every channel appears on both sides,
+    see ``intra_fd``) and 1 when ``other`` is constant (inter_fd, detached teacher).
+    """
+
+    @staticmethod
+    def forward(ctx, f, other, denom: float, grad_factor: float):
+        d = torch.sub(f, other, out=other)
+        ctx.save_for_backward(d)
+        ctx.scale = 2.0 * grad_factor / denom
+        ctx.used = False
+        acc = torch.promote_types(d.dtype, torch.float32)
+        return torch.linalg.vector_norm(d, dtype=acc).square() / denom
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.used:
+            raise RuntimeError("feature distillation losses support a single backward pass (no retain_graph)")
+        ctx.used = True
+        (d,) = ctx.saved_tensors
+        # the difference buffer becomes the gradient in place: no new map-sized allocation
+        return d.mul_((g * ctx.scale).to(d.dtype)), None, None, None
+
+
+class Workspace:
+    """Map-sized buffers reused from one training step to the next.
+
+    On CPU a fresh 100 MB tensor costs more (page faults) than the arithmetic done with it, and on
+    CUDA reuse keeps the caching allocator out of the way. Buffers are handed out in call order;
+    ``reset`` before each loss evaluation. A buffer is only rewritten in the next step's forward,
+    after the previous backward has consumed it.
+    """
+
+    def __init__(self):
+        self._buffers: list = []
+        self._next = 0
+
+    def reset(self) -> None:
+        self._next = 0
+
+    def take(self, shape, dtype, device) -> torch.Tensor:
+        if self._next == len(self._buffers):
+            self._buffers.append(None)
+        b = self._buffers[self._next]
+        if b is None or b.shape != shape or b.dtype != dtype or b.device != device:
+            b = torch.empty(shape, dtype=dtype, device=device)
+            self._buffers[self._next] = b
+        self._next += 1
+        return b
+
+
+def _gather_channels(x: torch.Tensor, index: torch.Tensor, workspace: Optional[Workspace]) -> torch.Tensor:
+    """``x.detach().index_select(1, index)`` into a workspace buffer when one is given."""
+    x = x.detach()
+    if workspace is None:
+        return x.index_select(1, index)
+    shape = (x.shape[0], index.numel()) + tuple(x.shape[2:])
+    return torch.index_select(x, 1, index, out=workspace.take(shape, x.dtype, x.device))
+
+
+def intra_fd(f: torch.Tensor, workspace: Optional[Workspace] = None) -> torch.Tensor:
+    """MSE between the more salient half of the channels and the less salient half (see module doc).
+
+    With pairs (top_i, bottom_i), i < h, and the involution pi swapping top_i <-> bottom_i (an odd
+    leftover channel maps to itself): ``sum_i ||f_top_i - f_bottom_i||^2 = 1/2 sum_c ||f_c - f_pi(c)||^2``
+    and the gradient w.r.t. f_c is ``2 (f_c - f_pi(c)) / (B h P)``: one gather of f, no scatter.
+    """
+    _check(f)
     c = f.shape[1]
     h = c // 2
     if h == 0:
-        return f.new_zeros(())
-    with torch.no_grad():
-        order = torch.argsort(channel_saliency(f.float()), descending=True)
-    return F.mse_loss(f.index_select(1, order[:h]), f.index_select(1, order[h:2 * h]))
+        return f.new_zeros((), dtype=torch.float32)
+    order = torch.argsort(channel_saliency(f), descending=True)
+    pi = torch.arange(c, device=f.device)
+    pi[order[:h]] = order[h:2 * h]
+    pi[order[h:2 * h]] = order[:h]
+    n_pair_elements = f.numel() // c * h  # B * h * spatial
+    return _SquaredDistance.apply(f, _gather_channels(f, pi, workspace), 2.0 * n_pair_elements, 2.0)
+
+
+def pool_to(f: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
+    """Adaptive average pooling of a 2D or 3D map to ``size`` (no-op if it already has it)."""
+    if tuple(f.shape[2:]) == tuple(size):
+        return f
+    return (F.adaptive_avg_pool3d if f.ndim == 5 else F.adaptive_avg_pool2d)(f, size)
 
 
 def pool_to_common_size(a: torch.Tensor, b: torch.Tensor):
     """Adaptive-average-pool both maps to the per-axis minimum of their spatial sizes."""
     size = tuple(min(x, y) for x, y in zip(a.shape[2:], b.shape[2:]))
-    pool = F.adaptive_avg_pool3d if a.ndim == 5 else F.adaptive_avg_pool2d
-    if tuple(a.shape[2:]) != size:
-        a = pool(a, size)
-    if tuple(b.shape[2:]) != size:
-        b = pool(b, size)
-    return a, b
+    return pool_to(a, size), pool_to(b, size)
 
 
-def inter_fd(f_s: torch.Tensor, f_t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """MSE between random channels of the student map and of the detached teacher map."""
-    _spatial_dims(f_s)
+def _draw(n: int, k: int, device, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """k of n indices without replacement; drawn on ``device`` unless a (CPU) generator is given."""
+    if generator is None:
+        return torch.randperm(n, device=device)[:k]
+    return torch.randperm(n, generator=generator, device=generator.device)[:k].to(device, non_blocking=True)
+
+
+def inter_fd(f_s: torch.Tensor, f_t: torch.Tensor, generator: Optional[torch.Generator] = None,
+             _pooled_teacher: Optional[Dict[Tuple[int, ...], torch.Tensor]] = None,
+             workspace: Optional[Workspace] = None) -> torch.Tensor:
+    """MSE between random channels of the student map and of the detached teacher map.
+
+    ``_pooled_teacher`` is an optional cache {size: pooled teacher} shared by calls with one teacher.
+    """
+    _check(f_s)
     if f_s.ndim != f_t.ndim:
         raise ValueError(f"student {tuple(f_s.shape)} and teacher {tuple(f_t.shape)} differ in dimensionality")
+    size = tuple(min(x, y) for x, y in zip(f_s.shape[2:], f_t.shape[2:]))
     f_t = f_t.detach()
-    f_s, f_t = pool_to_common_size(f_s, f_t)
-    k = min(f_s.shape[1], f_t.shape[1])
-    idx_s = torch.randperm(f_s.shape[1], generator=generator)[:k].to(f_s.device)
-    idx_t = torch.randperm(f_t.shape[1], generator=generator)[:k].to(f_t.device)
-    return F.mse_loss(f_s.index_select(1, idx_s), f_t.index_select(1, idx_t))
+    if _pooled_teacher is not None:
+        if size not in _pooled_teacher:
+            _pooled_teacher[size] = pool_to(f_t, size)
+        t = _pooled_teacher[size]
+    else:
+        t = pool_to(f_t, size)
+    s = pool_to(f_s, size)
+    cs, ct = s.shape[1], t.shape[1]
+    k = min(cs, ct)
+    idx_s = _draw(cs, k, s.device, generator)
+    idx_t = _draw(ct, k, t.device, generator)
+    if k == cs:
+        # every student channel is used: pair channel idx_s[j] with idx_t[j] by reordering the teacher
+        partner = torch.empty_like(idx_t)
+        partner[idx_s] = idx_t
+        return _SquaredDistance.apply(s, _gather_channels(t, partner, workspace), float(s.numel()), 1.0)
+    return F.mse_loss(_acc(s.index_select(1, idx_s)), _acc(t.index_select(1, idx_t)))
 
 
 def feature_distillation(features: Sequence[torch.Tensor], teacher: torch.Tensor, use_intra: bool = True,
-                         use_inter: bool = True, generator: Optional[torch.Generator] = None):
+                         use_inter: bool = True, generator: Optional[torch.Generator] = None,
+                         workspace: Optional[Workspace] = None):
     """SelfReg-UNet's internal feature distillation over a group of features.
 
-    Returns ``(intra, inter)``: intra_fd averaged over ``features`` and inter_fd of every feature
-    against ``teacher`` averaged. A feature that *is* the teacher tensor is left out of inter_fd
-    (comparing the teacher with a detached copy of itself carries no signal). Disabled terms are 0.
+    Returns ``(intra, inter)``: intra_fd averaged over ``features`` (every tapped block output
+    counts once) and inter_fd of every feature against ``teacher`` averaged. A feature that *is* the
+    teacher tensor is left out of inter_fd (comparing the teacher with a detached copy of itself
+    carries no signal). Disabled terms are 0. ``workspace`` (optional) recycles the map-sized
+    buffers between training steps.
     """
+    if workspace is not None:
+        workspace.reset()
     zero = teacher.new_zeros((), dtype=torch.float32)
-    intra = torch.stack([intra_fd(f).float() for f in features]).mean() if (use_intra and features) else zero
+    intra = torch.stack([intra_fd(f, workspace) for f in features]).mean() if (use_intra and features) else zero
     students = [f for f in features if f is not teacher]
-    inter = torch.stack([inter_fd(f, teacher, generator).float() for f in students]).mean() \
+    cache: Dict[Tuple[int, ...], torch.Tensor] = {}
+    inter = torch.stack([inter_fd(f, teacher, generator, cache, workspace) for f in students]).mean() \
         if (use_inter and students) else zero
     return intra, inter

@@ -8,7 +8,7 @@ from torch import nn
 
 from nnunet_ext.core.feature_taps import stage_block_names
 from nnunet_ext.core.loss_terms import LossTerm, StepState, WeightedTerm
-from nnunet_ext.fd.losses import feature_distillation
+from nnunet_ext.fd.losses import Workspace, feature_distillation
 
 TEACHER = "decoder.final"
 
@@ -29,6 +29,7 @@ class FeatureDistillationTerm(LossTerm):
         self.lambda_, self.use_intra, self.use_inter = float(lambda_), use_intra, use_inter
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._names: List[str] = []
+        self.workspace = Workspace()
 
     def required_features(self, network: nn.Module) -> List[str]:
         self._names = stage_block_names(network)
@@ -37,7 +38,7 @@ class FeatureDistillationTerm(LossTerm):
     def forward(self, state: StepState) -> Dict[str, WeightedTerm]:
         feats = [state.features[n] for n in self._names]
         intra, inter = feature_distillation(feats, state.features[TEACHER], self.use_intra, self.use_inter,
-                                            self.generator)
+                                            self.generator, self.workspace)
         out = {}
         if self.use_intra:
             out["intra_fd"] = WeightedTerm(intra, self.lambda_)
