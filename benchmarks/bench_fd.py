@@ -10,7 +10,8 @@
    schedule (generated ``*_bench`` variants) and reports nnU-Net's final validation Dice on the
    fold-0 held-out cases (``summary.json``).
 
-Writes ``benchmarks/results/fd_hippocampus_<date>.json`` and ``.md`` with the command, date, machine.
+Writes ``benchmarks/results/fd_hippocampus_{speed,quality}_<date>.json`` and ``.md`` with the command,
+date and machine.
 
     python benchmarks/bench_fd.py --workdir /tmp/bench_fd --timing-iterations 6 --quality-epochs 5
 """
@@ -36,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--source", default=str(REPO.parent / "shared" / "data" / "msd_hippocampus"))
     p.add_argument("--workdir", default=str(REPO / "benchmarks" / "workdir" / "fd"))
     p.add_argument("--configs", default="3d_fullres,2d")
-    p.add_argument("--timing-iterations", type=int, default=6, help="timed iterations per trainer and config")
+    p.add_argument("--timing-iterations", type=int, default=6,
+                   help="timed iterations per trainer and config (0: skip the speed comparison)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations per trainer first")
     p.add_argument("--quality-epochs", type=int, default=0, help="0: skip the quality comparison")
     p.add_argument("--quality-iterations", type=int, default=25)
@@ -61,7 +63,7 @@ def prepare(args, workdir: Path) -> str:
     folder = str(existing[0]) if existing else convert_msd_flat(args.source, DATASET_ID, raw_root=str(raw))
     name = Path(folder).name
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
-    configs = args.configs.split(",")
+    configs = [c for c in args.configs.split(",") if c]
     if args.quality_epochs:
         configs = list(dict.fromkeys(configs + [args.quality_config]))
     missing = [c for c in configs if not (pre / f"nnUNetPlans_{c}").is_dir()]
@@ -166,36 +168,43 @@ def main(argv=None):
     result = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + (argv or sys.argv[1:])),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
               "dataset": name, "timing": [], "quality": None}
-    for config in args.configs.split(","):
+    for config in [c for c in args.configs.split(",") if c] if args.timing_iterations > 0 else []:
         r = time_config(config, args)
         result["timing"].append(r)
         print(f"{config}: stock {r['seconds_per_iteration']['nnUNetTrainer']:.3f} s/it, "
               f"FD {r['seconds_per_iteration']['nnUNetTrainerFD']:.3f} s/it, ratio {r['ratio_fd_over_stock']:.3f}")
     if args.quality_epochs:
         result["quality"] = quality(args, name)
-    lines = ["| config | batch x patch | stock s/it | FD s/it | FD / stock (target <= 1.10) |", "|---|---|---|---|---|"]
-    for r in result["timing"]:
-        s = r["seconds_per_iteration"]
-        lines.append(f"| {r['config']} | {r['batch_size']} x {r['patch_size']} | {s['nnUNetTrainer']:.3f} | "
-                     f"{s['nnUNetTrainerFD']:.3f} | {r['ratio_fd_over_stock']:.3f} |")
+    res_dir = Path(args.results)
+    res_dir.mkdir(parents=True, exist_ok=True)
+    header = f"Command: `{result['command']}`  \nDate: {result['date']}  \nMachine: {result['machine']}\n\n"
+    if result["timing"]:
+        lines = ["| config | batch x patch | stock s/it | FD s/it | FD / stock (target <= 1.10) |",
+                 "|---|---|---|---|---|"]
+        for r in result["timing"]:
+            s = r["seconds_per_iteration"]
+            lines.append(f"| {r['config']} | {r['batch_size']} x {r['patch_size']} | {s['nnUNetTrainer']:.3f} | "
+                         f"{s['nnUNetTrainerFD']:.3f} | {r['ratio_fd_over_stock']:.3f} |")
+        _write(res_dir / f"fd_hippocampus_speed_{result['date'][:10]}", "FD vs stock nnU-Net on MSD Hippocampus: "
+               "time per training iteration", header, "\n".join(lines), {k: v for k, v in result.items() if k != "quality"})
     if result["quality"]:
         q = result["quality"]
-        lines += ["", f"Quality: {q['config']}, fold {q['fold']}, {q['schedule']['num_epochs']} epochs x "
-                      f"{q['schedule']['num_iterations_per_epoch']} iterations each, Dice on "
-                      f"{next(iter(q['trainers'].values()))['n_validation_cases']} held-out validation cases", "",
-                  "| trainer | Dice per class | foreground Dice | wall [s] |", "|---|---|---|---|"]
+        lines = [f"{q['config']}, fold {q['fold']}, {q['schedule']['num_epochs']} epochs x "
+                 f"{q['schedule']['num_iterations_per_epoch']} iterations each, nnU-Net's final validation Dice on "
+                 f"the {next(iter(q['trainers'].values()))['n_validation_cases']} held-out fold-{q['fold']} cases", "",
+                 "| trainer | Dice per class | foreground Dice | wall [s] |", "|---|---|---|---|"]
         for tr, v in q["trainers"].items():
             per = ", ".join(f"{k}: {d:.4f}" for k, d in v["dice_per_class"].items())
             lines.append(f"| {tr} | {per} | {v['foreground_dice']:.4f} | {v['wall_s']:.0f} |")
-    table = "\n".join(lines)
+        _write(res_dir / f"fd_hippocampus_quality_{result['date'][:10]}", "FD vs stock nnU-Net on MSD Hippocampus: "
+               "short-budget Dice", header, "\n".join(lines), {k: v for k, v in result.items() if k != "timing"})
+
+
+def _write(stem: Path, title: str, header: str, table: str, payload: dict) -> None:
     print(table)
-    res_dir = Path(args.results)
-    res_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"fd_hippocampus_{result['date'][:10]}"
-    (res_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (res_dir / f"{stem}.md").write_text(f"# FD vs stock nnU-Net on MSD Hippocampus\n\nCommand: `{result['command']}`  \n"
-                                        f"Date: {result['date']}  \nMachine: {result['machine']}\n\n{table}\n")
-    print(f"wrote {res_dir / stem}.json/.md")
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    stem.with_suffix(".md").write_text(f"# {title}\n\n{header}{table}\n")
+    print(f"wrote {stem}.json/.md")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${NNUNET_EXT_VENV:-.venv}"
 PY="${PYTHON:-python3}"
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+quiet() {  # run a command, show its output only if it fails
+  if ! "$@" >"$LOG" 2>&1; then cat "$LOG"; echo "failed: $*" >&2; exit 1; fi
+}
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PY" -m venv "$VENV"
+  echo "creating $VENV"
+  quiet "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch first, pinned, so that nnunetv2's "torch" requirement does not pull another build
 if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
-  "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  echo "installing torch 2.14.1 + torchvision 0.29.1 (several GB, a few minutes)"
+  quiet "$VENV/bin/python" -m pip install "torch==2.14.1" "torchvision==0.29.1"
 fi
-"$VENV/bin/python" -m pip install -q -e ".[test]"
-echo "nnunet_ext installed in $VENV ($("$VENV/bin/python" -c 'import nnunetv2, torch; print("nnunetv2", nnunetv2.__version__ if hasattr(nnunetv2, "__version__") else "", "torch", torch.__version__)'))"
+echo "installing nnunet_ext and its requirements (nnunetv2 >= 2.8.1)"
+quiet "$VENV/bin/python" -m pip install -e ".[test]"
+"$VENV/bin/python" - <<'PY'
+from importlib.metadata import version
+print(f"ready: nnunet_ext {version('nnunet_ext')}, nnunetv2 {version('nnunetv2')}, torch {version('torch')}")
+PY

@@ -95,8 +95,11 @@ def _demo_variant(trainer: str, schedule: dict, env: dict) -> tuple[str, str]:
     from nnunet_ext.core.schedule import schedule_variant_source
     from nnunet_ext.paths import trainers_path
 
+    import warnings
+
     with mock.patch.dict(os.environ, {"nnUNet_extTrainer": env["nnUNet_extTrainer"]}), \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation chatter of imported trainer modules
         cls = recursive_find_trainer_class_by_name(trainer)
     module = cls.__module__
     source_file = getattr(sys.modules.get(module), "__file__", None) or ""
