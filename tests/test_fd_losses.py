@@ -149,3 +149,45 @@ def test_feature_distillation_averages_and_skips_teacher_in_inter():
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match="feature map"):
         intra_fd(torch.randn(3, 4))
+
+
+def _naive_reference(features, teacher, seed):
+    """METHODS.md section 4, written the plain way (index_select + mse_loss)."""
+    g = torch.Generator().manual_seed(seed)
+    intra = []
+    for f in features:
+        order = torch.argsort(channel_saliency(f), descending=True)
+        h = f.shape[1] // 2
+        intra.append(F.mse_loss(f.index_select(1, order[:h]), f.index_select(1, order[h:2 * h])))
+    inter = []
+    for f in features:
+        if f is teacher:
+            continue
+        s, t = pool_to_common_size(f, teacher.detach())
+        k = min(s.shape[1], t.shape[1])
+        idx_s = torch.randperm(s.shape[1], generator=g)[:k]
+        idx_t = torch.randperm(t.shape[1], generator=g)[:k]
+        inter.append(F.mse_loss(s[:, idx_s], t[:, idx_t]))
+    return torch.stack(intra).mean(), torch.stack(inter).mean()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_fused_feature_distillation_equals_naive_reference(dim):
+    torch.manual_seed(0)
+    sp = (8, 8) if dim == 2 else (4, 8, 8)
+    half = tuple(x // 2 for x in sp)
+    base = [torch.randn(2, 4, *sp), torch.randn(2, 8, *half), torch.randn(2, 16, *half), torch.randn(2, 4, *sp)]
+    results = []
+    for impl in ("fused", "naive"):
+        feats = [b.clone().requires_grad_(True) for b in base]
+        teacher = feats[-1]
+        if impl == "fused":
+            intra, inter = feature_distillation(feats, teacher, generator=torch.Generator().manual_seed(7))
+        else:
+            intra, inter = _naive_reference(feats, teacher, 7)
+        (0.015 * (intra + inter)).backward()
+        results.append((intra.item(), inter.item(), [f.grad.clone() for f in feats]))
+    (i1, e1, g1), (i2, e2, g2) = results
+    assert i1 == pytest.approx(i2, rel=1e-5) and e1 == pytest.approx(e2, rel=1e-5)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-7, rtol=1e-4)

@@ -53,33 +53,41 @@ def channel_saliency(f: torch.Tensor) -> torch.Tensor:
     return (total / norm).mean(0) / flat.shape[2]
 
 
-class _SquaredDistance(torch.autograd.Function):
-    """``sum((f - other)^2) / denom`` with gradient ``grad_factor * 2 (f - other) / denom`` for f only.
+class _SquaredDistances(torch.autograd.Function):
+    """``sum((f - other_k)^2) / denom_k`` for several targets of one map f, in one autograd node.
 
-    ``other`` must be a fresh tensor owned by the caller (a gather of f or of a detached teacher): it
-    is overwritten with the difference, which is kept for backward, so forward and backward are a
-    handful of passes over the map and nothing else is materialised. ``grad_factor`` is 2 when
-    ``other`` is a channel permutation of f itself (intra_fd: every channel appears on both sides,
-    see ``intra_fd``) and 1 when ``other`` is constant (inter_fd, detached teacher).
+    Gradient w.r.t. f: ``sum_k g_k * grad_factor_k * 2 (f - other_k) / denom_k``; no gradient to the
+    targets. Each ``other_k`` must be a fresh tensor owned by the caller (a gather of f or of a
+    detached teacher): it is overwritten with the difference, which is kept for backward and then
+    becomes the gradient in place. So a feature's intra_fd and inter_fd cost a handful of passes
+    over the map and reach autograd as *one* gradient (one accumulation into the network's
+    gradient instead of two). ``grad_factor`` is 2 when ``other`` is a channel permutation of f
+    itself (intra_fd: every channel is on both sides, see ``intra_fd``) and 1 for a constant
+    ``other`` (inter_fd, detached teacher).
     """
 
     @staticmethod
-    def forward(ctx, f, other, denom: float, grad_factor: float):
-        d = torch.sub(f, other, out=other)
-        ctx.save_for_backward(d)
-        ctx.scale = 2.0 * grad_factor / denom
+    def forward(ctx, f, spec, *others):
+        diffs = [torch.sub(f, o, out=o) for o in others]
+        ctx.save_for_backward(*diffs)
+        ctx.scales = [2.0 * factor / denom for denom, factor in spec]
         ctx.used = False
-        acc = torch.promote_types(d.dtype, torch.float32)
-        return torch.linalg.vector_norm(d, dtype=acc).square() / denom
+        acc = torch.promote_types(f.dtype, torch.float32)
+        return tuple(torch.linalg.vector_norm(d, dtype=acc).square() / denom for d, (denom, _) in zip(diffs, spec))
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, *grads):
         if ctx.used:
             raise RuntimeError("feature distillation losses support a single backward pass (no retain_graph)")
         ctx.used = True
-        (d,) = ctx.saved_tensors
-        # the difference buffer becomes the gradient in place: no new map-sized allocation
-        return d.mul_((g * ctx.scale).to(d.dtype)), None, None, None
+        diffs = ctx.saved_tensors
+        grad = None
+        for d, g, scale in zip(diffs, grads, ctx.scales):
+            if g is None:
+                continue
+            w = (g * scale).to(d.dtype)
+            grad = d.mul_(w) if grad is None else grad.addcmul_(d, w)  # accumulate in the first buffer
+        return (grad, None) + (None,) * len(diffs)
 
 
 class Workspace:
@@ -118,6 +126,20 @@ def _gather_channels(x: torch.Tensor, index: torch.Tensor, workspace: Optional[W
     return torch.index_select(x, 1, index, out=workspace.take(shape, x.dtype, x.device))
 
 
+def _intra_target(f: torch.Tensor, workspace: Optional[Workspace]):
+    """(f[:, pi], (denom, 2.0)) of intra_fd, or None for a single channel (see ``intra_fd``)."""
+    c = f.shape[1]
+    h = c // 2
+    if h == 0:
+        return None
+    order = torch.argsort(channel_saliency(f), descending=True)
+    pi = torch.arange(c, device=f.device)
+    pi[order[:h]] = order[h:2 * h]
+    pi[order[h:2 * h]] = order[:h]
+    n_pair_elements = f.numel() // c * h  # B * h * spatial
+    return _gather_channels(f, pi, workspace), (2.0 * n_pair_elements, 2.0)
+
+
 def intra_fd(f: torch.Tensor, workspace: Optional[Workspace] = None) -> torch.Tensor:
     """MSE between the more salient half of the channels and the less salient half (see module doc).
 
@@ -126,16 +148,10 @@ def intra_fd(f: torch.Tensor, workspace: Optional[Workspace] = None) -> torch.Te
     and the gradient w.r.t. f_c is ``2 (f_c - f_pi(c)) / (B h P)``: one gather of f, no scatter.
     """
     _check(f)
-    c = f.shape[1]
-    h = c // 2
-    if h == 0:
+    target = _intra_target(f, workspace)
+    if target is None:
         return f.new_zeros((), dtype=torch.float32)
-    order = torch.argsort(channel_saliency(f), descending=True)
-    pi = torch.arange(c, device=f.device)
-    pi[order[:h]] = order[h:2 * h]
-    pi[order[h:2 * h]] = order[:h]
-    n_pair_elements = f.numel() // c * h  # B * h * spatial
-    return _SquaredDistance.apply(f, _gather_channels(f, pi, workspace), 2.0 * n_pair_elements, 2.0)
+    return _SquaredDistances.apply(f, (target[1],), target[0])[0]
 
 
 def pool_to(f: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
@@ -158,35 +174,41 @@ def _draw(n: int, k: int, device, generator: Optional[torch.Generator]) -> torch
     return torch.randperm(n, generator=generator, device=generator.device)[:k].to(device, non_blocking=True)
 
 
-def inter_fd(f_s: torch.Tensor, f_t: torch.Tensor, generator: Optional[torch.Generator] = None,
-             _pooled_teacher: Optional[Dict[Tuple[int, ...], torch.Tensor]] = None,
-             workspace: Optional[Workspace] = None) -> torch.Tensor:
-    """MSE between random channels of the student map and of the detached teacher map.
-
-    ``_pooled_teacher`` is an optional cache {size: pooled teacher} shared by calls with one teacher.
-    """
-    _check(f_s)
+def _inter_target(f_s: torch.Tensor, f_t: torch.Tensor, generator: Optional[torch.Generator],
+                  pooled_teacher: Optional[Dict[Tuple[int, ...], torch.Tensor]], workspace: Optional[Workspace]):
+    """inter_fd of one student: ``("fused", other, (denom, 1.0))`` when every student channel is
+    paired (the teacher is reordered, the student used as is), else ``("loss", value)``."""
     if f_s.ndim != f_t.ndim:
         raise ValueError(f"student {tuple(f_s.shape)} and teacher {tuple(f_t.shape)} differ in dimensionality")
     size = tuple(min(x, y) for x, y in zip(f_s.shape[2:], f_t.shape[2:]))
     f_t = f_t.detach()
-    if _pooled_teacher is not None:
-        if size not in _pooled_teacher:
-            _pooled_teacher[size] = pool_to(f_t, size)
-        t = _pooled_teacher[size]
+    if pooled_teacher is not None:
+        if size not in pooled_teacher:
+            pooled_teacher[size] = pool_to(f_t, size)
+        t = pooled_teacher[size]
     else:
         t = pool_to(f_t, size)
-    s = pool_to(f_s, size)
-    cs, ct = s.shape[1], t.shape[1]
+    cs, ct = f_s.shape[1], t.shape[1]
     k = min(cs, ct)
-    idx_s = _draw(cs, k, s.device, generator)
+    idx_s = _draw(cs, k, f_s.device, generator)
     idx_t = _draw(ct, k, t.device, generator)
-    if k == cs:
+    if k == cs and tuple(f_s.shape[2:]) == size:
         # every student channel is used: pair channel idx_s[j] with idx_t[j] by reordering the teacher
         partner = torch.empty_like(idx_t)
         partner[idx_s] = idx_t
-        return _SquaredDistance.apply(s, _gather_channels(t, partner, workspace), float(s.numel()), 1.0)
-    return F.mse_loss(_acc(s.index_select(1, idx_s)), _acc(t.index_select(1, idx_t)))
+        return "fused", _gather_channels(t, partner, workspace), (float(f_s.numel()), 1.0)
+    s = pool_to(f_s, size)
+    return "loss", F.mse_loss(_acc(s.index_select(1, idx_s)), _acc(t.index_select(1, idx_t)))
+
+
+def inter_fd(f_s: torch.Tensor, f_t: torch.Tensor, generator: Optional[torch.Generator] = None,
+             workspace: Optional[Workspace] = None) -> torch.Tensor:
+    """MSE between random channels of the student map and of the detached teacher map."""
+    _check(f_s)
+    target = _inter_target(f_s, f_t, generator, None, workspace)
+    if target[0] == "loss":
+        return target[1]
+    return _SquaredDistances.apply(f_s, (target[2],), target[1])[0]
 
 
 def feature_distillation(features: Sequence[torch.Tensor], teacher: torch.Tensor, use_intra: bool = True,
@@ -203,9 +225,27 @@ def feature_distillation(features: Sequence[torch.Tensor], teacher: torch.Tensor
     if workspace is not None:
         workspace.reset()
     zero = teacher.new_zeros((), dtype=torch.float32)
-    intra = torch.stack([intra_fd(f, workspace) for f in features]).mean() if (use_intra and features) else zero
-    students = [f for f in features if f is not teacher]
     cache: Dict[Tuple[int, ...], torch.Tensor] = {}
-    inter = torch.stack([inter_fd(f, teacher, generator, cache, workspace) for f in students]).mean() \
-        if (use_inter and students) else zero
+    intras, inters = [], []
+    for f in features:
+        _check(f)
+        others, spec, kinds = [], [], []
+        if use_intra:
+            target = _intra_target(f, workspace)
+            if target is None:
+                intras.append(zero)
+            else:
+                others.append(target[0]), spec.append(target[1]), kinds.append("intra")
+        if use_inter and f is not teacher:
+            target = _inter_target(f, teacher, generator, cache, workspace)
+            if target[0] == "loss":
+                inters.append(target[1])
+            else:
+                others.append(target[1]), spec.append(target[2]), kinds.append("inter")
+        if others:  # both terms of this feature in one autograd node: one gradient for f
+            values = _SquaredDistances.apply(f, tuple(spec), *others)
+            for kind, v in zip(kinds, values):
+                (intras if kind == "intra" else inters).append(v)
+    intra = torch.stack(intras).mean() if intras else zero
+    inter = torch.stack(inters).mean() if inters else zero
     return intra, inter
