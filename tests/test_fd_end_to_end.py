@@ -92,6 +92,9 @@ def test_resume_with_c_continues_exactly(dataset3d, nnunet_env, nnunet_dirs, tmp
     for k in ("intra_fd", "inter_fd", "train_losses", "mean_fg_dice", "lrs"):
         assert len(final["logging"][k]) == 3
         assert final["logging"][k][:2] == latest["logging"][k][:2], k  # epochs 0-1 restored, not re-run
+    # the poly schedule continues where it stopped (nnU-Net: lr = 0.01 * (1 - epoch / num_epochs) ** 0.9)
+    assert final["logging"]["lrs"][2] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)
+    assert final["optimizer_state"]["state"], "optimiser state (momentum buffers) restored and saved"
     logs = sorted(fold.glob("training_log_*.txt"))
     resumed = logs[-1].read_text()
     assert "Epoch 2" in resumed and "Epoch 0\n" not in resumed and "intra_fd" in resumed

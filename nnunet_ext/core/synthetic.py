@@ -133,32 +133,40 @@ def write_dataset_json(folder: str, channel_names: dict, labels: dict, num_train
         json.dump(d, f, indent=2)
 
 
+def _write_cases(folder: str, name: str, counts, write_case) -> None:
+    """Call ``write_case(split, case_id)`` for every case; ``counts`` = {"Tr": n_train, "Ts": n_test}."""
+    for split, n in counts.items():
+        if n == 0:
+            continue
+        os.makedirs(os.path.join(folder, f"images{split}"), exist_ok=True)
+        os.makedirs(os.path.join(folder, f"labels{split}"), exist_ok=True)
+        for i in range(n):
+            write_case(split, f"{name.lower()}_{split.lower()}{i:03d}")
+
+
 def generate_dataset_3d(raw_root: str, dataset_id: int, name: str = "Phantom3D", num_train: int = 10,
-                        num_test: int = 0, spec: PhantomSpec = None,
-                        seed: int = 0) -> str:
+                        num_test: int = 0, spec: PhantomSpec = None, seed: int = 0) -> str:
     """Write a synthetic 3D MRI-like dataset (NIfTI, anisotropic spacing, 2 foreground labels).
 
-    Test cases (if any) go to ``imagesTs``/``labelsTs``. Returns the dataset folder.
+    Test cases (if any) go to ``imagesTs``/``labelsTs``. ``spec`` defaults to ``TEST_SPEC``.
+    Returns the dataset folder.
     """
     import SimpleITK as sitk
 
     spec = spec or TEST_SPEC
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     rng = np.random.default_rng(seed)
-    for split, n in (("Tr", num_train), ("Ts", num_test)):
-        if n == 0:
-            continue
-        os.makedirs(os.path.join(folder, f"images{split}"), exist_ok=True)
-        os.makedirs(os.path.join(folder, f"labels{split}"), exist_ok=True)
-        for i in range(n):
-            case = f"{name.lower()}_{split.lower()}{i:03d}"
-            img, seg = make_phantom_3d(rng, spec)
-            origin = tuple(float(v) for v in rng.uniform(-50, 50, 3))
-            for arr, path in ((img, f"images{split}/{case}_0000.nii.gz"), (seg, f"labels{split}/{case}.nii.gz")):
-                im = sitk.GetImageFromArray(arr)
-                im.SetSpacing(tuple(float(s) for s in spec.spacing[::-1]))  # sitk is (x, y, z)
-                im.SetOrigin(origin)
-                sitk.WriteImage(im, os.path.join(folder, path))
+
+    def write_case(split, case):
+        img, seg = make_phantom_3d(rng, spec)
+        origin = tuple(float(v) for v in rng.uniform(-50, 50, 3))
+        for arr, path in ((img, f"images{split}/{case}_0000.nii.gz"), (seg, f"labels{split}/{case}.nii.gz")):
+            im = sitk.GetImageFromArray(arr)
+            im.SetSpacing(tuple(float(s) for s in spec.spacing[::-1]))  # sitk is (x, y, z)
+            im.SetOrigin(origin)
+            sitk.WriteImage(im, os.path.join(folder, path))
+
+    _write_cases(folder, name, {"Tr": num_train, "Ts": num_test}, write_case)
     write_dataset_json(folder, {0: "MRI"}, dict(LABELS), num_train, ".nii.gz",
                        name=name, description="nnunet_ext synthetic hippocampus-like phantom (no real patient data)",
                        licence="CC0 (generated)")
@@ -172,16 +180,13 @@ def generate_dataset_2d(raw_root: str, dataset_id: int, name: str = "Phantom2D",
 
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     rng = np.random.default_rng(seed)
-    for split, n in (("Tr", num_train), ("Ts", num_test)):
-        if n == 0:
-            continue
-        os.makedirs(os.path.join(folder, f"images{split}"), exist_ok=True)
-        os.makedirs(os.path.join(folder, f"labels{split}"), exist_ok=True)
-        for i in range(n):
-            case = f"{name.lower()}_{split.lower()}{i:03d}"
-            img, seg = make_phantom_2d(rng, tuple(shape))
-            Image.fromarray(img).save(os.path.join(folder, f"images{split}/{case}_0000.png"))
-            Image.fromarray(seg).save(os.path.join(folder, f"labels{split}/{case}.png"))
+
+    def write_case(split, case):
+        img, seg = make_phantom_2d(rng, tuple(shape))
+        Image.fromarray(img).save(os.path.join(folder, f"images{split}/{case}_0000.png"))
+        Image.fromarray(seg).save(os.path.join(folder, f"labels{split}/{case}.png"))
+
+    _write_cases(folder, name, {"Tr": num_train, "Ts": num_test}, write_case)
     write_dataset_json(folder, {0: "R", 1: "G", 2: "B"}, {"background": 0, "blob": 1, "satellite": 2}, num_train,
                        ".png", name=name, description="nnunet_ext synthetic 2D RGB phantom", licence="CC0 (generated)")
     return folder
