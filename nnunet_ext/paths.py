@@ -35,8 +35,8 @@ def ext_trainer_status() -> str:
     ours = trainers_path()
     current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if not current:
-        return (f"nnUNet_extTrainer is not set: nnU-Net will not find nnunet_ext's trainers. Run\n"
-                f"  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path)\"")
+        return ("nnUNet_extTrainer is not set: nnU-Net will not find nnunet_ext's trainers. Run\n"
+                "  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path)\"")
     if not any(os.path.realpath(p) == os.path.realpath(ours) for p in current):
         return (f"nnUNet_extTrainer={os.pathsep.join(current)} does not include nnunet_ext's trainers ({ours}). "
                 f"Run\n  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path){os.pathsep}$nnUNet_extTrainer\"")

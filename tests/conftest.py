@@ -2,7 +2,6 @@
 per session with the real ``nnUNetv2_plan_and_preprocess``, and a runner for nnU-Net's CLIs."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

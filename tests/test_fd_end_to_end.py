@@ -1,6 +1,5 @@
 """End to end with nnU-Net's real CLIs: plan and preprocess, train nnUNetTrainerFD on CPU, predict,
 check Dice above chance and output geometry; resume with --c; 2d and ResEnc plans; error messages."""
-import shutil
 from pathlib import Path
 
 import numpy as np

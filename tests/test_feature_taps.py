@@ -144,7 +144,7 @@ def test_taps_under_torch_compile():
     compiled = torch.compile(net, backend="aot_eager")
     taps = FeatureTaps(compiled, ["encoder.3.last", "decoder.final"])  # after compile, before first call
     for _ in range(3):  # later calls reuse the compiled graph with the same (cleared) store
-        out = compiled(x)
+        compiled(x)
         feats = taps.pop()
         assert set(feats) == {"encoder.3.last", "decoder.final"}
         for k in feats:

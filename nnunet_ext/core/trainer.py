@@ -16,7 +16,7 @@ The network built and checkpointed is nnU-Net's own, so ``nnUNetv2_predict`` nee
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
