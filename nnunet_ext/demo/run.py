@@ -144,6 +144,7 @@ def run_demo(args) -> dict:
     import torch
 
     from nnunet_ext.core.synthetic import DEMO_SPEC, generate_dataset_3d
+    from nnunet_ext.core.trainer import NNUNET_LOG_KEYS
     from nnunet_ext.demo.report import write_report
 
     t_start = time.time()
@@ -215,10 +216,7 @@ def run_demo(args) -> dict:
         epoch_s = [e - s for s, e in zip(lg["epoch_start_timestamps"], lg["epoch_end_timestamps"])]
         results["trainers"][tr] = {"variant": name, "train_time_s": float(np.sum(epoch_s)),
                                    "epoch_time_s": float(np.median(epoch_s)),
-                                   "aux": {k: float(v[-1]) for k, v in lg.items()
-                                           if k not in ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region",
-                                                        "train_losses", "val_losses", "lrs",
-                                                        "epoch_start_timestamps", "epoch_end_timestamps")},
+                                   "aux": {k: float(v[-1]) for k, v in lg.items() if k not in NNUNET_LOG_KEYS},
                                    "fold": str(fold)}
 
     # 4. predict held-out cases
