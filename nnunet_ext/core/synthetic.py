@@ -35,11 +35,13 @@ class PhantomSpec:
     tail_radius: Tuple[float, float] = (2.5, 3.5)
     #: intensity step of the structure over the surrounding tissue (tissue mean 0.55)
     contrast: Tuple[float, float] = (0.12, 0.22)
+    #: intensity step of the posterior part relative to the anterior part's (1.0 = same intensity)
+    posterior_ratio: float = 0.6
 
 
 #: small, anisotropic and easy: for tests that must learn something in a few dozen CPU iterations
-TEST_SPEC = PhantomSpec(shape=(16, 32, 32), spacing=(2.5, 1.0, 1.0), head_radius=(7.0, 9.0), tail_radius=(4.0, 5.0),
-                        contrast=(0.45, 0.6))
+TEST_SPEC = PhantomSpec(shape=(16, 32, 32), spacing=(2.5, 1.0, 1.0), head_radius=(7.0, 9.0), tail_radius=(5.5, 6.5),
+                        contrast=(0.45, 0.6), posterior_ratio=1.8)
 #: the field of view of MSD Hippocampus (~36 x 50 x 35 mm) at 1.5 mm, realistic contrast: for the demo
 DEMO_SPEC = PhantomSpec(shape=(24, 32, 24), spacing=(1.5, 1.5, 1.5))
 
@@ -85,7 +87,7 @@ def make_phantom_3d(rng: np.random.Generator, spec: PhantomSpec = PhantomSpec())
     img[cleft] = 0.15
     contrast = rng.uniform(*spec.contrast)
     img[label == 1] = 0.55 + contrast + 0.04 * rng.standard_normal()
-    img[label == 2] = 0.55 + contrast * 0.6 + 0.04 * rng.standard_normal()
+    img[label == 2] = 0.55 + contrast * spec.posterior_ratio + 0.04 * rng.standard_normal()
     img = ndimage.gaussian_filter(img, 0.6 / sp)  # partial volume
     bias = 1.0 + 0.25 * _smooth_noise(rng, tuple(shape), 8.0)
     img = img * bias
