@@ -53,11 +53,23 @@ def test_intra_fd_gradient_matches_autograd_reference():
     assert torch.allclose(fd, (g * v).sum(), rtol=1e-5)
 
 
-def test_second_backward_is_refused_clearly():
+def test_backward_twice_with_retain_graph_accumulates_twice():
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 3, 3, requires_grad=True)
+    t = torch.randn(2, 5, 3, 3)
+    intra, inter = feature_distillation([f], t, generator=torch.Generator().manual_seed(0))
+    (intra + inter).backward(retain_graph=True)
+    once = f.grad.clone()
+    (intra + inter).backward()
+    assert torch.allclose(f.grad, 2 * once)
+
+
+def test_in_place_change_of_a_feature_after_the_loss_is_caught():
     f = torch.randn(1, 4, 3, 3, requires_grad=True)
-    loss = intra_fd(f)
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="single backward"):
+    g = f * 1.0
+    loss = intra_fd(g)
+    g.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
 
 
@@ -65,16 +77,20 @@ def test_workspace_reuse_gives_same_values_and_gradients():
     from nnunet_ext.fd.losses import Workspace
 
     ws = Workspace()
-    feats = [torch.randn(2, 6, 8, 8, requires_grad=True), torch.randn(2, 12, 4, 4, requires_grad=True)]
+    leaves = [torch.randn(2, 6, 8, 8, requires_grad=True), torch.randn(2, 12, 4, 4, requires_grad=True)]
     teacher = torch.randn(2, 6, 8, 8)
     results = []
     for workspace in (None, ws, ws):  # twice with the same workspace: buffers are recycled
-        for f in feats:
+        for f in leaves:
             f.grad = None
+        # non-leaf maps with a second consumer, as in a network: autograd accumulates into the buffer
+        feats = [f * 1.0 for f in leaves]
+        other = sum((f * f).sum() for f in feats)
         intra, inter = feature_distillation(feats, teacher, generator=torch.Generator().manual_seed(0),
                                             workspace=workspace)
-        (intra + inter).backward()
-        results.append((intra.item(), inter.item(), [f.grad.clone() for f in feats]))
+        (intra + inter + other).backward()
+        results.append((intra.item(), inter.item(), [f.grad for f in leaves]))
+    assert len(ws._buffers) == 2  # the buffers were used
     for r in results[1:]:
         assert r[0] == pytest.approx(results[0][0]) and r[1] == pytest.approx(results[0][1])
         for a, b in zip(r[2], results[0][2]):
@@ -176,7 +192,13 @@ def test_fused_feature_distillation_equals_naive_reference(dim):
     torch.manual_seed(0)
     sp = (8, 8) if dim == 2 else (4, 8, 8)
     half = tuple(x // 2 for x in sp)
-    base = [torch.randn(2, 4, *sp), torch.randn(2, 8, *half), torch.randn(2, 16, *half), torch.randn(2, 4, *sp)]
+    double = tuple(x * 2 for x in sp)
+    quarter = tuple(max(1, x // 4) for x in sp)  # pooled from the already pooled half-size teacher
+    # more, as many and fewer channels than the teacher, odd channel counts (whose left-out channel may
+    # or may not be drawn for inter_fd), smaller and larger maps than the teacher
+    base = [torch.randn(2, 4, *sp), torch.randn(2, 8, *half), torch.randn(2, 16, *half), torch.randn(2, 5, *sp),
+            torch.randn(2, 3, *sp), torch.randn(2, 7, *half), torch.randn(2, 2, *double), torch.randn(2, 6, *quarter),
+            torch.randn(2, 4, *sp)]
     results = []
     for impl in ("fused", "naive"):
         feats = [b.clone().requires_grad_(True) for b in base]
@@ -191,3 +213,20 @@ def test_fused_feature_distillation_equals_naive_reference(dim):
     assert i1 == pytest.approx(i2, rel=1e-5) and e1 == pytest.approx(e2, rel=1e-5)
     for a, b in zip(g1, g2):
         assert torch.allclose(a, b, atol=1e-7, rtol=1e-4)
+
+
+def test_half_precision_maps_get_gradients_of_their_dtype_close_to_fp32():
+    torch.manual_seed(0)
+    base = [torch.randn(2, 6, 8, 8), torch.randn(2, 12, 4, 4), torch.randn(2, 6, 8, 8)]
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        feats = [b.to(dtype).clone().requires_grad_(True) for b in base]
+        intra, inter = feature_distillation(feats, feats[-1], generator=torch.Generator().manual_seed(1))
+        assert intra.dtype == inter.dtype == torch.float32
+        (1000 * (intra + inter)).backward()
+        assert all(f.grad.dtype == dtype for f in feats)
+        out[dtype] = (intra.item(), inter.item(), [f.grad.float() for f in feats])
+    a, b = out[torch.float32], out[torch.bfloat16]
+    assert b[0] == pytest.approx(a[0], rel=2e-2) and b[1] == pytest.approx(a[1], rel=2e-2)
+    for ga, gb in zip(a[2], b[2]):
+        assert torch.allclose(ga, gb, rtol=5e-2, atol=5e-2 * ga.abs().max().item())

@@ -37,8 +37,10 @@ class FeatureDistillationTerm(LossTerm):
 
     def forward(self, state: StepState) -> Dict[str, WeightedTerm]:
         feats = [state.features[n] for n in self._names]
-        intra, inter = feature_distillation(feats, state.features[TEACHER], self.use_intra, self.use_inter,
-                                            self.generator, self.workspace)
+        teacher = state.features[TEACHER]
+        # recycled gradient buffers pay off on CPU only (CUDA's caching allocator does this already)
+        workspace = self.workspace if teacher.device.type == "cpu" else None
+        intra, inter = feature_distillation(feats, teacher, self.use_intra, self.use_inter, self.generator, workspace)
         out = {}
         if self.use_intra:
             out["intra_fd"] = WeightedTerm(intra, self.lambda_)
