@@ -190,8 +190,8 @@ class _FeatureDistillationFunction(torch.autograd.Function):
                 grads.append(None)
                 continue
             # per-channel coefficient of x: alpha on every channel (a leftover odd channel is its own
-            # partner, so it cancels exactly), plus beta on the channels drawn for inter_fd
-            # (the product is formed in fp32 and rounded once when the map is fp16/bf16)
+            # partner under pi and is set exactly below), plus beta on the channels drawn for inter_fd;
+            # the product is formed in fp32 and rounded once when the map is fp16/bf16
             coef = torch.full((x.shape[1],), alpha, dtype=_acc_dtype(x), device=x.device)
             if beta:
                 coef.index_fill_(0, it.inter.idx_s, alpha + beta)
