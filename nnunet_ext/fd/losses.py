@@ -256,7 +256,7 @@ class _Plan:
         self.generator, self.workspace = generator, workspace
         self.items: List[_Item] = []
         self.n_intra = self.n_inter = 0
-        self._stats: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stats: Dict[tuple, Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]] = {}
         self._pooled: Dict[Tuple[int, ...], Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _item(self, x: torch.Tensor) -> _Item:
