@@ -22,7 +22,7 @@ def make_net(arch: str, dim: int, deep_supervision: bool, n_stages: int = 4, in_
                   deep_supervision=deep_supervision)
     if arch == "plain":
         return PlainConvUNet(n_conv_per_stage=[2] * n_stages, **common)
-    return ResidualEncoderUNet(n_blocks_per_stage=[1, 3, 4, 6][:n_stages], **common)
+    return ResidualEncoderUNet(n_blocks_per_stage=[1, 3, 4, 6, 6][:n_stages], **common)
 
 
 def sample(dim: int, in_ch: int = 2):

@@ -27,5 +27,11 @@ class nnUNetTrainerFD_interOnly(nnUNetTrainerFD):
     fd_intra = False
 
 
+class nnUNetTrainerFD_allBlocks(nnUNetTrainerFD):
+    """FD on the first and last block of every stage (the authors' Swin-UNet selection), lambda = 0.015."""
+    fd_selection = "blocks"
+
+
 __all__ = ["nnUNetTrainerFD", "nnUNetTrainerFD_lambda0010", "nnUNetTrainerFD_lambda0050",
-           "nnUNetTrainerFD_lambda0100", "nnUNetTrainerFD_intraOnly", "nnUNetTrainerFD_interOnly"]
+           "nnUNetTrainerFD_lambda0100", "nnUNetTrainerFD_intraOnly", "nnUNetTrainerFD_interOnly",
+           "nnUNetTrainerFD_allBlocks"]
