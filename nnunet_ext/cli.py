@@ -17,6 +17,10 @@ getting started:
 """
 
 
+#: modules that add verbs to ``nnunet-ext`` through ``register(subparsers)`` (imported at start: keep them light)
+TOOL_MODULES = ("nnunet_ext.evaluation.cli", "nnunet_ext.robustness.cli", "nnunet_ext.benchmark.cli")
+
+
 def _trainer_classes():
     """(name, first docstring line) of every trainer in our trainers folder, without nnU-Net's import dance."""
     import importlib.util
@@ -70,9 +74,18 @@ def cmd_convert(args) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line, ``nnunet-ext <verb>: error: <message>`` (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnunet-ext", description=__doc__,
+    p = OneLineErrorParser(prog="nnunet-ext", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an expected error (or set NNUNET_EXT_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("trainers-path", help="print the folder to put on nnUNet_extTrainer")
@@ -103,20 +116,45 @@ def build_parser() -> argparse.ArgumentParser:
         c = csub.add_parser(name, help=conv.help, description=conv.help)
         conv.add_arguments(c)
     s.set_defaults(func=cmd_convert)
+
+    # the measuring instruments: each package registers its own verbs (``register(subparsers)``)
+    import importlib
+    for module in TOOL_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 
+def expected_errors() -> tuple:
+    """Exception types that are expected failures: printed as one line, no traceback."""
+    from nnunet_ext.errors import UserError
+    types = [UserError]
+    try:
+        from nnunet_ext.conversion.errors import SourceLayoutError, TargetExistsError
+        types += [SourceLayoutError, TargetExistsError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def main(argv=None) -> int:
+    from nnunet_ext.errors import debug_enabled
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    verb = " ".join(v for v in (args.command, getattr(args, "converter", None)) if v)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except expected_errors() as e:
+        if args.debug or debug_enabled():
+            raise
+        print(f"nnunet-ext {verb}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

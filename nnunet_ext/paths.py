@@ -36,7 +36,9 @@ def ext_trainer_status() -> str:
     current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if not current:
         return ("nnUNet_extTrainer is not set: nnU-Net will not find nnunet_ext's trainers. Run\n"
-                "  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path)\"")
+                "  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path)\"\n"
+                "or, in a checkout set up by scripts/setup_env.sh (demo.sh, test.sh), activate ./.venv and set it:\n"
+                "  source scripts/env.sh")
     if not any(os.path.realpath(p) == os.path.realpath(ours) for p in current):
         return (f"nnUNet_extTrainer={os.pathsep.join(current)} does not include nnunet_ext's trainers ({ours}). "
                 f"Run\n  export nnUNet_extTrainer=\"$(nnunet-ext trainers-path){os.pathsep}$nnUNet_extTrainer\"")
