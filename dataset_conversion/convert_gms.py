@@ -1,14 +1,17 @@
 """Convert: GMS layout (images/, masks/, *_train_test_names.pkl): BUS, BUSI, GlaS, HAM10000, Kvasir-Instrument.
 
 Usage: python dataset_conversion/convert_gms.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert gms --source DIR --id N [options]. See the README (section Datasets).
+Same entry point as: nnunet-ext convert gms --source DIR --id N [options] (same options, same
+one-line errors, same exit status; --debug shows the traceback). See the README (section Datasets).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from nnunet_ext.conversion import CONVERTERS  # noqa: E402
+from nnunet_ext.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    CONVERTERS["gms"].main()
+    argv = sys.argv[1:]
+    debug = ["--debug"] if "--debug" in argv else []  # an option of nnunet-ext itself, accepted anywhere here
+    sys.exit(main([*debug, "convert", "gms", *[a for a in argv if a != "--debug"]]))

@@ -1,14 +1,17 @@
 """Convert: Synapse multi-organ CT as distributed for TransUNet (train_npz/, test_vol_h5/).
 
 Usage: python dataset_conversion/convert_synapse.py --source DIR --id N [options]  (--help lists them)
-Same as: nnunet-ext convert synapse --source DIR --id N [options]. See the README (section Datasets).
+Same entry point as: nnunet-ext convert synapse --source DIR --id N [options] (same options, same
+one-line errors, same exit status; --debug shows the traceback). See the README (section Datasets).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from nnunet_ext.conversion import CONVERTERS  # noqa: E402
+from nnunet_ext.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    CONVERTERS["synapse"].main()
+    argv = sys.argv[1:]
+    debug = ["--debug"] if "--debug" in argv else []  # an option of nnunet-ext itself, accepted anywhere here
+    sys.exit(main([*debug, "convert", "synapse", *[a for a in argv if a != "--debug"]]))

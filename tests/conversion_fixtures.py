@@ -237,3 +237,63 @@ def make_acdc_nifti(root) -> Path:
                     write_nifti(d / f"{p}_frame{fr:02d}_gt.nii.gz", lab, **geo)
             write_nifti(d / f"{p}_4d.nii.gz", np.zeros((2, 4, 12, 10), np.float32))
     return ds
+
+
+# ---------------------------------------------------------------- layout variants as they circulate
+def write_list(path, names, trailing_blank=False, suffix="", crlf=False):
+    """A split list file: one name per line (+ ``suffix``), optionally a trailing blank line and CRLF line ends."""
+    lines = [n + suffix for n in names] + ([""] if trailing_blank else [])
+    nl = "\r\n" if crlf else "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes((nl.join(lines) + nl).encode())
+
+
+def truncate(path, keep=0.5):
+    """Cut a file to ``keep`` of its size (a truncated download)."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: max(1, int(len(data) * keep))])
+
+
+def make_la_uamt(root, train=("AAA", "BBB"), test=("CCC",), case_folder="2018LA_Seg_Training Set",
+                 list_suffix="", trailing_blank=True) -> Path:
+    """LA 2018 as UA-MT's code reads it: ``data/<case_folder>/<ID>/mri_norm2.h5`` with ``data/train.list``
+    and ``data/test.list`` one level above the case folder (beside it). Returns ``data``."""
+    data = Path(root) / "data"
+    for j, case in enumerate(tuple(train) + tuple(test)):
+        img, lab = volume_pair((12, 10, 6), (1,), j)  # (x, y, z)
+        _h5(data / case_folder / case / "mri_norm2.h5", img, lab)
+    write_list(data / "train.list", train, trailing_blank, list_suffix)
+    write_list(data / "test.list", test, trailing_blank, list_suffix)
+    return data
+
+
+#: SSL4MIS ACDC variant fixture: patients 1-2 train, 3 val, 4 test, frames 01 and 12 each
+ACDC_SSL = {"train": ["patient001", "patient002"], "val": ["patient003"], "test": ["patient004"]}
+ACDC_FRAMES = ("01", "12")
+
+
+def acdc_ssl_volume(name: str):
+    """The (image, label) volume (slices, H, W) of one ACDC frame in :func:`make_acdc_h5_circulating`."""
+    seed = int(name[7:10]) * 10 + int(name[-2:])
+    return volume_pair((3, 12, 10), (1, 2, 3), seed)
+
+
+def make_acdc_h5_circulating(root, slices_dir="data", start=1, list_suffix="", trailing_blank=True,
+                             all_slices=False) -> Path:
+    """ACDC h5 as SSL4MIS copies circulate: train/val/test.list (volume names), volumes
+    ``data/<patient>_frameYY.h5`` for the validation and test patients only, the training patients
+    only as slices ``<slices_dir>/<case>_slice_<k>.h5`` with k from ``start`` (``slices_dir`` 'data':
+    beside the volumes). ``all_slices``: slices of every frame (as in the full SSL4MIS copy)."""
+    ds = Path(root) / "ACDC"
+    lists = {}
+    for part, patients in ACDC_SSL.items():
+        lists[part] = [f"{p}_frame{f}" for p in patients for f in ACDC_FRAMES]
+        for name in lists[part]:
+            img, lab = acdc_ssl_volume(name)
+            if part != "train":
+                _h5(ds / "data" / f"{name}.h5", img, lab)
+            if part == "train" or all_slices:
+                for z in range(img.shape[0]):
+                    _h5(ds / slices_dir / f"{name}_slice_{z + start}.h5", img[z], lab[z])
+        write_list(ds / f"{part}.list", lists[part], trailing_blank, list_suffix)
+    return ds

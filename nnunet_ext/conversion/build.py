@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from .errors import SourceLayoutError
+from nnunet_ext.errors import UserError
+
+from .errors import BadCaseError, CaseDataError, ConversionArgumentError
 from .parallel import run_parallel
 from .splits import write_split
 from .target import atomic_folder, check_target, dataset_folder_name, resolve_raw_root
@@ -61,19 +63,52 @@ def prepare_target(dataset_id: int, name: str, raw_root: Optional[str], overwrit
     for s in sources:
         s = os.path.realpath(s)
         if t == s or t.startswith(s + os.sep) or s.startswith(t + os.sep):
-            raise ValueError(f"target {target} overlaps the source {s}; choose another --output")
+            raise ConversionArgumentError(f"target {target} overlaps the source {s}; choose another --output")
     return target
 
 
+def source_file(case: Case) -> str:
+    """The source file (or folder) a case's label comes from, for messages."""
+    src = case.source
+    if isinstance(src, dict):
+        for k in ("label", "mask", "path"):
+            if src.get(k):
+                return str(src[k])
+        if src.get("paths"):
+            return os.path.dirname(str(src["paths"][0]))
+    if isinstance(src, (tuple, list)) and src:
+        return str(src[-1])
+    return repr(src)
+
+
 def _write_one(job):
-    writer, case, images_dir, labels_dir = job
+    writer, case, images_dir, labels_dir, labels, skip_bad = job
     try:
         values = writer(case, images_dir, labels_dir)
-    except (SourceLayoutError, FileNotFoundError):
+        bad = sorted(set(int(v) for v in (values or [])) - set(int(v) for v in labels.values()))
+        if bad:
+            raise CaseDataError(source_file(case), f"label values {bad} that dataset.json does not define "
+                                f"({labels})", fix="pass the right label names (e.g. --label-names) or fix the file")
+    except BadCaseError as e:
+        e = e.with_case(case.case_id)
+        if skip_bad:
+            return case.case_id, None, {"case": case.case_id, "file": e.path, "reason": e.reason}
+        raise e
+    except UserError:
         raise
-    except Exception as e:
+    except Exception as e:  # a bug, not a property of the source: keep the details
         raise RuntimeError(f"converting case {case.case_id!r} from {case.source!r} failed: {e}") from e
-    return case.case_id, values
+    return case.case_id, values, None
+
+
+def _remove_case(case_id: str, ending: str, images_dir: str, labels_dir: str) -> None:
+    """Remove whatever a failed (skipped) case left in images_dir / labels_dir."""
+    for f in os.listdir(images_dir):
+        if f.startswith(case_id + "_") and f.endswith(ending) and len(f) == len(case_id) + 5 + len(ending):
+            os.remove(os.path.join(images_dir, f))
+    lab = os.path.join(labels_dir, case_id + ending)
+    if os.path.exists(lab):
+        os.remove(lab)
 
 
 def _copy_case(case_id: str, ending: str, src_images: str, src_labels: str, dst_images: str, dst_labels: str):
@@ -83,22 +118,33 @@ def _copy_case(case_id: str, ending: str, src_images: str, src_labels: str, dst_
     shutil.copyfile(os.path.join(src_labels, case_id + ending), os.path.join(dst_labels, case_id + ending))
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def build_dataset(converter: str, target: str, cases: List[Case], writer: Callable, info: DatasetInfo,
                   fold0: Optional[dict] = None, num_processes: int = 2, overwrite: bool = False,
-                  verify: bool = True) -> str:
+                  verify: bool = True, skip_bad: bool = False, summary: Sequence[str] = ()) -> str:
     """Write ``cases`` with ``writer`` into ``target`` atomically and return ``target``.
 
     ``fold0`` ({"train": [...], "val": [...]}) is written as ``splits_final.json``. With ``verify``
     the result is checked with nnU-Net's integrity check before it is moved into place.
+
+    A case whose file cannot be read or whose data do not fit
+    (:class:`~nnunet_ext.conversion.errors.BadCaseError`) stops the conversion and nothing is written;
+    with ``skip_bad`` it is left out instead (and out of the split), and listed in the printed
+    summary and in ``dataset.json`` as ``skipped_cases`` ([{"case", "file", "reason"}]).
+    ``summary``: lines the converter adds to the printed summary (which lists were used, ...).
     """
     ids = [c.case_id for c in cases]
     dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
     if dupes:
-        raise ValueError(f"{converter}: duplicate case ids {dupes[:5]}")
+        raise ConversionArgumentError(f"{converter}: duplicate case ids {dupes[:5]}; each case may occur once in "
+                                      "the source (check the list files)")
     if not cases:
-        raise ValueError(f"{converter}: no cases to convert")
+        raise ConversionArgumentError(f"{converter}: no cases to convert; check --source and the list files")
     ending = info.file_ending
-    allowed = set(int(v) for v in info.labels.values())
+    labels = {str(k): int(v) for k, v in info.labels.items()}
     with atomic_folder(target, overwrite) as tmp:
         d = {k: os.path.join(tmp, k) for k in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
         os.makedirs(d["imagesTr"])
@@ -106,14 +152,26 @@ def build_dataset(converter: str, target: str, cases: List[Case], writer: Callab
         if any(c.test for c in cases):
             os.makedirs(d["imagesTs"])
             os.makedirs(d["labelsTs"])
-        jobs = [(writer, c, d["imagesTr"] if c.train else d["imagesTs"], d["labelsTr"] if c.train else d["labelsTs"])
-                for c in cases]
+        where = {c.case_id: ((d["imagesTr"], d["labelsTr"]) if c.train else (d["imagesTs"], d["labelsTs"]))
+                 for c in cases}
+        jobs = [(writer, c, *where[c.case_id], labels, skip_bad) for c in cases]
         results = run_parallel(_write_one, jobs, num_processes, desc=f"{converter}: writing cases")
-        for case_id, values in results:
-            bad = sorted(set(int(v) for v in (values or [])) - allowed)
-            if bad:
-                raise ValueError(f"{converter}: case {case_id!r} has label values {bad} that dataset.json does "
-                                 f"not define ({info.labels})")
+        skipped = [r[2] for r in results if r[2] is not None]
+        if skipped:
+            for s in skipped:
+                _remove_case(s["case"], ending, *where[s["case"]])
+            if len(skipped) == len(cases):
+                raise ConversionArgumentError(
+                    f"{converter}: all {len(cases)} cases were skipped (--skip-bad), e.g. {skipped[0]['case']!r}: "
+                    f"{skipped[0]['file']}: {skipped[0]['reason']}; nothing was written")
+            gone = {s["case"] for s in skipped}
+            cases = [c for c in cases if c.case_id not in gone]
+            if fold0 is not None:
+                fold0 = {k: [c for c in v if c not in gone] for k, v in fold0.items()}
+                if not fold0["train"] or not fold0["val"]:
+                    summary = list(summary) + ["no splits_final.json written: the skipped cases emptied the "
+                                               f"fold-0 {'training' if not fold0['train'] else 'validation'} set"]
+                    fold0 = None
         for c in cases:
             if c.train and c.test:
                 _copy_case(c.case_id, ending, d["imagesTr"], d["labelsTr"], d["imagesTs"], d["labelsTs"])
@@ -122,11 +180,17 @@ def build_dataset(converter: str, target: str, cases: List[Case], writer: Callab
         n_train = sum(c.train for c in cases)
         extra = dict(info.extra)
         extra["numTest"] = sum(c.test for c in cases)
-        if info.description:
-            extra["description"] = info.description
+        description = info.description
+        if skipped:
+            description += (f"; {_plural(len(skipped), 'case')} skipped because of unreadable or unusable files "
+                            "(see skipped_cases)")
+        if description:
+            extra["description"] = description
         if info.reference:
             extra["reference"] = info.reference
-        generate_dataset_json(tmp, dict(info.channel_names), dict(info.labels), n_train, ending,
+        if skip_bad:
+            extra["skipped_cases"] = skipped
+        generate_dataset_json(tmp, dict(info.channel_names), dict(labels), n_train, ending,
                               dataset_name=info.name or os.path.basename(target), license=info.licence,
                               converted_by=f"nnunet_ext.conversion ({converter})", **extra)
         if fold0 is not None:
@@ -136,6 +200,13 @@ def build_dataset(converter: str, target: str, cases: List[Case], writer: Callab
         else:
             from .verify import count_cases
             counts = count_cases(tmp)
-    print(f"{converter}: wrote {target} ({format_counts(counts)})"
+    print(f"{converter}: {_plural(len(cases), 'case')} converted ({format_counts(counts)})"
           + ("" if verify else " [integrity check skipped]"))
+    for line in summary:
+        print(f"{converter}: {line}")
+    if skipped:
+        print(f"{converter}: skipped {_plural(len(skipped), 'case')} (--skip-bad; listed in dataset.json "
+              "'skipped_cases'):")
+        for s in skipped:
+            print(f"    {s['case']}: {s['file']}: {s['reason']}")
     return target

@@ -2,19 +2,24 @@
 
 Every converter gets the same common options from :func:`add_common_arguments`:
 ``--source DIR`` (required), ``--id N`` (required), ``--name NAME``, ``--output DIR`` (raw root,
-default ``$nnUNet_raw``), ``--overwrite``, ``--num-processes N``, ``--skip-verify`` and, for
-converters that write a published split, ``--install-split`` / ``--preprocessed DIR``.
+default ``$nnUNet_raw``), ``--overwrite``, ``--num-processes N``, ``--skip-verify``, ``--skip-bad``
+(all converters but ``msd``, which is nnU-Net's own) and, for converters that write a published
+split, ``--install-split`` / ``--preprocessed DIR``.
+
+The ``dataset_conversion/convert_NAME.py`` scripts and :meth:`Converter.main` run
+``nnunet_ext.cli.main(["convert", NAME, ...])``: the same entry point as ``nnunet-ext convert NAME``,
+with the same one-line errors and exit status.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Callable, List, Optional
 
-from .errors import SourceLayoutError
 from .splits import install_split
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, with_split: bool = False) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, with_split: bool = False, with_skip_bad: bool = True) -> None:
     """Add the options shared by all converters to ``parser``."""
     g = parser.add_argument_group("common conversion options")
     g.add_argument("--source", required=True, metavar="DIR", help="source dataset folder (never modified)")
@@ -29,6 +34,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, with_split: bool = Fal
                    help="worker processes for conversion and the integrity check (default: 2)")
     g.add_argument("--skip-verify", action="store_true",
                    help="skip nnU-Net's dataset integrity check (not recommended)")
+    if with_skip_bad:
+        g.add_argument("--skip-bad", action="store_true",
+                       help="skip cases whose files cannot be read (truncated, corrupt) or whose data do not fit, "
+                            "convert the others and list the skipped ones in the summary and in dataset.json "
+                            "('skipped_cases'); without it such a case stops the conversion and nothing is written")
     if with_split:
         g.add_argument("--install-split", action="store_true",
                        help="also copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/ so that "
@@ -45,16 +55,17 @@ class Converter:
     """
 
     def __init__(self, name: str, help: str, add_specific: Optional[Callable[[argparse.ArgumentParser], None]],
-                 convert: Callable[[argparse.Namespace], str], with_split: bool = False):
+                 convert: Callable[[argparse.Namespace], str], with_split: bool = False, with_skip_bad: bool = True):
         self.name = name
         self.help = help
         self.with_split = with_split
+        self.with_skip_bad = with_skip_bad
         self._add_specific = add_specific
         self._convert = convert
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the common and the converter-specific options to ``parser``."""
-        add_common_arguments(parser, with_split=self.with_split)
+        add_common_arguments(parser, with_split=self.with_split, with_skip_bad=self.with_skip_bad)
         if self._add_specific is not None:
             self._add_specific(parser)
 
@@ -70,21 +81,33 @@ class Converter:
                 print(f"{self.name}: no split was written for this dataset; nothing to install")
         return folder
 
-    def main(self, argv: Optional[List[str]] = None) -> str:
-        """Stand-alone entry point used by the ``dataset_conversion/`` scripts."""
-        parser = argparse.ArgumentParser(prog=f"convert {self.name}", description=self.help)
-        self.add_arguments(parser)
-        args = parser.parse_args(argv)
-        try:
-            return self.run(args)
-        except (SourceLayoutError, FileExistsError, ValueError, RuntimeError) as e:
-            parser.exit(2, f"error: {e}\n")
+    def main(self, argv: Optional[List[str]] = None) -> int:
+        """Stand-alone entry point: ``nnunet-ext convert NAME`` with ``argv`` (default ``sys.argv[1:]``).
+
+        Returns the exit status (0, or 2 after a one-line error). See :func:`script_main`.
+        """
+        return script_main(self.name, argv)
 
     def __repr__(self) -> str:
         return f"Converter({self.name!r})"
 
 
+def script_main(name: str, argv: Optional[List[str]] = None) -> int:
+    """What ``dataset_conversion/convert_NAME.py`` runs: ``nnunet_ext.cli.main(["convert", NAME, *argv])``.
+
+    ``--debug`` may be given anywhere in ``argv`` (it is an option of ``nnunet-ext`` itself).
+    """
+    from nnunet_ext.cli import main
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = ["--debug"] if "--debug" in argv else []
+    return main([*pre, "convert", name, *[a for a in argv if a != "--debug"]])
+
+
 def common_kwargs(args: argparse.Namespace) -> dict:
-    """The keyword arguments every ``convert_*`` function accepts, taken from ``args``."""
-    return dict(raw_root=args.output, overwrite=args.overwrite, num_processes=args.num_processes,
-                verify=not args.skip_verify)
+    """The keyword arguments every ``convert_*`` function accepts, taken from ``args`` (``skip_bad``
+    only where the converter has ``--skip-bad``)."""
+    kw = dict(raw_root=args.output, overwrite=args.overwrite, num_processes=args.num_processes,
+              verify=not args.skip_verify)
+    if hasattr(args, "skip_bad"):
+        kw["skip_bad"] = args.skip_bad
+    return kw

@@ -8,6 +8,10 @@ Supported source layout (one dataset folder, as in the GMS repository's ``Datase
         images/<name>.png
         masks/<name>.png            same file name as the image
 
+``--source`` may also be a folder above the dataset folder (a nested release folder) when exactly
+one dataset folder lies up to two levels below it; 'images' / 'masks' may be spelt in any case, and
+images and masks may be .png, .jpg, .bmp or .tif (masks may also be named ``<name>_mask.<ext>``).
+
 The pickle holds the published split: a dict with keys ``'train'`` and ``'test'``; each value is
 either a list of names or (as in the GMS release) a dict ``{'name_list': [...]}``. Names may be given
 with or without the file extension. Masks are binarised at ``> 127``.
@@ -26,7 +30,7 @@ from typing import Dict, List, Optional
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import SourceLayoutError
-from .layout import find_file, list_files, require_dir, strip_suffix
+from .layout import _describe, child_dir, find_file, find_nested, list_files, require_source, strip_suffix
 from .natural import channel_names, decide_rgb, safe_case_id, write_natural_case
 from .splits import SplitPlan
 
@@ -64,6 +68,29 @@ def _load_pickle(path: str) -> Dict[str, List[str]]:
     return out
 
 
+def _pkls(folder: str) -> List[str]:
+    try:
+        return sorted(f for f in os.listdir(folder) if f.endswith("_train_test_names.pkl") and not f.startswith("."))
+    except OSError:
+        return []
+
+
+def _find_dataset_folder(source: str) -> str:
+    """``source`` if it holds a ``*_train_test_names.pkl``, else the one folder up to two levels below that does."""
+    if _pkls(source):
+        return source
+    hits = find_nested(source, lambda d: bool(_pkls(d)), max_depth=2)
+    expected = "a GMS dataset folder with images/, masks/ and one <name>_train_test_names.pkl"
+    if not hits:
+        raise SourceLayoutError(_NAME, expected, f"0 *_train_test_names.pkl files here or in the folders below; the "
+                                f"folder contains {_describe(source)}", source)
+    if len(hits) > 1:
+        raise SourceLayoutError(_NAME, expected, f"{len(hits)} dataset folders "
+                                f"{[os.path.relpath(h, source) for h in hits][:6]}; pass the one to convert as "
+                                "--source (e.g. Dataset/busi)", source)
+    return hits[0]
+
+
 def _resolve(name: str, folder: str, files: set) -> Optional[str]:
     """The file in ``folder`` for a pkl name given with or without extension."""
     if name in files:
@@ -74,22 +101,25 @@ def _resolve(name: str, folder: str, files: set) -> Optional[str]:
 def convert_gms(source: str, dataset_id: int, name: Optional[str] = None, raw_root: Optional[str] = None,
                 overwrite: bool = False, num_processes: int = 2, include_normal: bool = False,
                 color: Optional[str] = None, label_name: Optional[str] = None, holdout_test: bool = False,
-                verify: bool = True) -> str:
+                verify: bool = True, skip_bad: bool = False) -> str:
     """Convert one GMS dataset folder (``bus``, ``busi``, ``glas``, ``ham10000``, ``kvasir-instrument``).
 
     ``name`` defaults to BUS/BUSI/GlaS/HAM10000/KvasirInstrument (else the folder name); ``color``
     ('auto', 'rgb', 'grey') defaults to grey for the ultrasound sets and RGB otherwise;
-    ``label_name`` names label 1 (default lesion/gland/instrument). Returns the dataset folder.
+    ``label_name`` names label 1 (default lesion/gland/instrument). ``skip_bad``: skip cases whose
+    files cannot be read. Returns the dataset folder.
     """
-    source = os.path.abspath(source)
+    given = require_source(_NAME, source)
+    source = _find_dataset_folder(given)
     folder_key = os.path.basename(os.path.normpath(source)).lower()
     known = KNOWN.get(folder_key, (safe_case_id(os.path.basename(source)), "foreground", "auto"))
     expected = ("a GMS dataset folder with images/, masks/ and one <name>_train_test_names.pkl")
-    pkls = [f for f in os.listdir(require_dir(_NAME, source, expected)) if f.endswith("_train_test_names.pkl")]
+    pkls = _pkls(source)
     if len(pkls) != 1:
         raise SourceLayoutError(_NAME, expected, f"{len(pkls)} *_train_test_names.pkl files {sorted(pkls)}", source)
     pkl_path = os.path.join(source, pkls[0])
-    img_dir, mask_dir = os.path.join(source, "images"), os.path.join(source, "masks")
+    img_dir = child_dir(source, "images") or os.path.join(source, "images")
+    mask_dir = child_dir(source, "masks") or os.path.join(source, "masks")
     img_files = set(list_files(_NAME, img_dir, IMAGE_SUFFIXES, "a folder 'images' with the images"))
     mask_files = set(list_files(_NAME, mask_dir, IMAGE_SUFFIXES, "a folder 'masks' with one mask per image"))
     split = _load_pickle(pkl_path)
@@ -131,7 +161,7 @@ def convert_gms(source: str, dataset_id: int, name: Optional[str] = None, raw_ro
     plan = SplitPlan(parts["train"], test=parts["test"], holdout_test=holdout_test)
     rgb = decide_rgb(color or known[2], [v[0] for v in cases_src.values()])
     ds_name = name or known[0]
-    target = prepare_target(dataset_id, ds_name, raw_root, overwrite, [source])
+    target = prepare_target(dataset_id, ds_name, raw_root, overwrite, [given])
     in_tr = set(plan.training_cases())
     in_ts = set(plan.test)
     cases = [Case(cid, {"image": im, "mask": m, "rgb": rgb, "threshold": 127}, cid in in_tr, cid in in_ts)
@@ -141,7 +171,10 @@ def convert_gms(source: str, dataset_id: int, name: Optional[str] = None, raw_ro
                        description=f"{ds_name} in the GMS layout ({pkls[0]}); {plan.describe()}",
                        reference="Huo et al., Generative Medical Segmentation (GMS), AAAI 2025",
                        extra={"split": plan.describe()})
-    return build_dataset(_NAME, target, cases, write_natural_case, info, plan.fold0(), num_processes, overwrite, verify)
+    summary = ([] if source == given else [f"dataset folder {source}"]) + \
+        [f"split from {pkl_path}: {len(parts['train'])} train / {len(parts['test'])} test"]
+    return build_dataset(_NAME, target, cases, write_natural_case, info, plan.fold0(), num_processes, overwrite, verify,
+                         skip_bad=skip_bad, summary=summary)
 
 
 def _add_args(p):

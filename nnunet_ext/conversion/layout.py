@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, List, Optional, Sequence
+import re
+from typing import Callable, Iterable, List, Optional, Sequence
 
-from .errors import SourceLayoutError
+from .errors import SourceLayoutError, SourceNotFoundError, describe_parent
+
+#: folders that archives and file managers add and that never hold data
+JUNK_DIRS = {"__macosx", ".ds_store", "@eadir", "$recycle.bin"}
 
 
 def _describe(folder: str, limit: int = 8) -> str:
@@ -12,9 +16,76 @@ def _describe(folder: str, limit: int = 8) -> str:
         return "no such folder" if not os.path.exists(folder) else "a file, not a folder"
     entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
     if not entries:
-        return "an empty folder"
+        return "nothing (it is empty)"
     shown = ", ".join(e + ("/" if os.path.isdir(os.path.join(folder, e)) else "") for e in entries[:limit])
     return f"[{shown}{', ...' if len(entries) > limit else ''}]"
+
+
+def require_source(converter: str, source: str) -> str:
+    """The absolute ``--source`` folder; a path that does not exist (or is a file) is an error that
+    says so, and names the parent folder's entries and the closest one (a misspelt path)."""
+    path = os.path.abspath(os.path.expanduser(str(source)))
+    if not os.path.exists(path):
+        raise SourceNotFoundError(converter, path, describe_parent(path))
+    if not os.path.isdir(path):
+        raise SourceLayoutError(converter, "a folder as --source (the dataset folder, not a file in it)",
+                                "a file, not a folder", path)
+    return path
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def visible_dirs(folder: str) -> List[str]:
+    """Sorted names of the sub-folders of ``folder`` (hidden ones and archive debris such as __MACOSX left out)."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(e for e in entries if not e.startswith(".") and e.lower() not in JUNK_DIRS
+                  and os.path.isdir(os.path.join(folder, e)))
+
+
+def child_dir(folder: str, *names: str) -> Optional[str]:
+    """``folder/<name>`` for the first of ``names`` that exists; upper/lower case and separators
+    (' ', '_', '-') do not matter ('Ground Truth' finds 'ground_truth' or 'GroundTruth'). None if absent."""
+    for n in names:
+        if os.path.isdir(os.path.join(folder, n)):
+            return os.path.join(folder, n)
+    dirs = visible_dirs(folder)
+    for n in names:
+        hits = [d for d in dirs if _norm(d) == _norm(n)]
+        if hits:
+            return os.path.join(folder, hits[0])
+    return None
+
+
+def child_file(folder: str, *names: str) -> Optional[str]:
+    """``folder/<name>`` for the first of ``names`` that is a file, upper/lower case ignored ('Train.list'); or None."""
+    try:
+        files = {f.lower(): f for f in sorted(os.listdir(folder), reverse=True)
+                 if os.path.isfile(os.path.join(folder, f))}
+    except OSError:
+        return None
+    for n in names:
+        if os.path.isfile(os.path.join(folder, n)):
+            return os.path.join(folder, n)
+        if n.lower() in files:
+            return os.path.join(folder, files[n.lower()])
+    return None
+
+
+def find_nested(root: str, predicate: Callable[[str], bool], max_depth: int = 2) -> List[str]:
+    """Folders at the smallest depth (0 = ``root`` itself, up to ``max_depth``) for which ``predicate``
+    holds: finds a dataset inside the release folders that archives nest it in."""
+    level = [root]
+    for _ in range(max_depth + 1):
+        hits = [d for d in level if predicate(d)]
+        if hits:
+            return hits
+        level = [os.path.join(d, c) for d in level for c in visible_dirs(d)]
+    return []
 
 
 def require_dir(converter: str, path: str, expected: str) -> str:

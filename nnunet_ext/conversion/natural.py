@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .build import Case
+from .errors import CaseDataError, ConversionArgumentError
 from .writers import binarise, read_mask, read_natural_image, to_mode, write_png
 
 RGB_CHANNELS = {"0": "R", "1": "G", "2": "B"}
@@ -34,15 +35,20 @@ def safe_case_id(stem: str) -> str:
 
 def decide_rgb(color: str, image_paths: Iterable[str]) -> bool:
     """``color`` is 'rgb', 'grey' or 'auto' (RGB if any image file is stored in a colour mode; this
-    only reads file headers)."""
+    only reads file headers; a file that cannot be opened is left out here and reported when its case
+    is converted)."""
     if color in ("rgb", "grey", "gray"):
         return color == "rgb"
     if color != "auto":
-        raise ValueError(f"color must be 'auto', 'rgb' or 'grey', got {color!r}")
+        raise ConversionArgumentError(f"color must be 'auto', 'rgb' or 'grey', got {color!r}")
     for p in image_paths:
-        with Image.open(p) as im:
-            if im.mode not in ("L", "LA", "1", "I", "I;16", "F"):
-                return True
+        try:
+            with Image.open(p) as im:
+                mode = im.mode
+        except Exception:  # unreadable: the writer names it (or --skip-bad skips it)
+            continue
+        if mode not in ("L", "LA", "1", "I", "I;16", "F"):
+            return True
     return False
 
 
@@ -53,8 +59,9 @@ def write_natural_case(case: Case, images_dir: str, labels_dir: str) -> List[int
     img = to_mode(read_natural_image(src["image"]), src["rgb"])
     mask = read_mask(src["mask"])
     if mask.shape[:2] != img.shape[:2]:
-        raise ValueError(f"mask {src['mask']} has size {mask.shape[1]}x{mask.shape[0]} but image {src['image']} "
-                         f"has {img.shape[1]}x{img.shape[0]}")
+        raise CaseDataError(src["mask"], f"the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
+                            f"{src['image']} is {img.shape[1]}x{img.shape[0]}",
+                            fix="check that the mask belongs to the image")
     lab = binarise(mask, src.get("threshold", 127))
     write_png(img, os.path.join(images_dir, case.case_id + "_0000.png"))
     write_png(lab, os.path.join(labels_dir, case.case_id + ".png"))

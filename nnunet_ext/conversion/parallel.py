@@ -19,14 +19,31 @@ def run_parallel(fn: Callable[[Any], Any], items: Sequence[Any], num_processes: 
     ``fn`` must be a module-level function (it is pickled for the workers). Worker processes use the
     ``spawn`` start method (safe when torch or other threaded libraries are loaded); they are only
     started when there are at least ``min_items_per_process`` items per extra process, because a
-    spawned worker costs a fraction of a second to start.
+    spawned worker costs a fraction of a second to start. An exception raised by ``fn`` (in a worker
+    too) reaches the caller as the same type.
+
+    The bar is drawn only on a terminal (not into log files or pipes), and is removed when ``fn``
+    fails, so that the error message is the last (and only) thing on stderr.
     """
     items = list(items)
     n = max(1, min(int(num_processes or 1), len(items) // max(1, min_items_per_process)))
-    if n <= 1:
-        return [fn(i) for i in tqdm(items, desc=desc, unit="case")]
-    ctx = multiprocessing.get_context("spawn")
-    chunk = max(1, len(items) // (n * 8))
-    with ctx.Pool(n) as pool:
-        return list(tqdm(pool.imap(_call, [(fn, i) for i in items], chunksize=chunk),
-                         total=len(items), desc=desc, unit="case"))
+    bar = tqdm(total=len(items), desc=desc, unit="case", disable=None)
+    out: List[Any] = []
+    try:
+        if n <= 1:
+            for i in items:
+                out.append(fn(i))
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            chunk = max(1, len(items) // (n * 8))
+            with ctx.Pool(n) as pool:
+                for r in pool.imap(_call, [(fn, i) for i in items], chunksize=chunk):
+                    out.append(r)
+                    bar.update()
+    except BaseException:
+        bar.leave = False
+        bar.close()
+        raise
+    bar.close()
+    return out

@@ -6,8 +6,14 @@ Supported source layouts (the public releases):
 * Kvasir-SEG: ``<source>/images/<name>.jpg`` and ``<source>/masks/<name>.jpg`` (same names;
   ``kavsir_bboxes.json`` is ignored).
 * CVC-ClinicDB: ``<source>/Original/<n>.tif|png`` and ``<source>/Ground Truth/<n>.tif|png``; the
-  ``PNG/`` or ``TIF/`` sub-folder of the release may be given as source or found inside it. An
-  ``images/`` + ``masks/`` pair (as in re-distributions of both sets) is accepted as well.
+  ``PNG/`` or ``TIF/`` sub-folder of the release may be given as source or found inside it (PNG/ is
+  used when both are there). An ``images/`` + ``masks/`` pair (as in re-distributions of both sets)
+  or ``image/`` + ``mask/`` (PraNet's TrainDataset) is accepted as well.
+
+Folder names may be spelt in any case and with ' ', '_' or nothing between words ('GroundTruth',
+'ground_truth'); the pair is found in ``--source`` or one level below it (the folder an archive
+extracts to, or the release's PNG/ folder). Images and masks may be .jpg, .png, .tif or .bmp, and need not share the
+extension.
 
 Images are written as RGB PNG (3 channels), masks binarised at ``> 127`` (label 1 = polyp). No split
 was published: with ``role='train'`` every case goes to imagesTr (nnU-Net makes its own 5-fold
@@ -21,23 +27,41 @@ from typing import List, Optional, Sequence, Tuple
 
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
-from .errors import SourceLayoutError
-from .layout import find_file, list_files, strip_suffix
+from .errors import ConversionArgumentError, SourceLayoutError
+from .layout import _describe, child_dir, find_file, find_nested, list_files, require_source, strip_suffix
 from .natural import channel_names, safe_case_id, write_natural_case
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-PAIRS = (("images", "masks"), ("Original", "Ground Truth"), ("Original", "GroundTruth"))
+PAIRS = (("images", "masks"), ("Original", "Ground Truth"), ("image", "mask"))
+
+
+def _pair_in(root: str, pairs: Sequence[Tuple[str, str]]) -> Optional[Tuple[str, str]]:
+    for img, msk in pairs:
+        a, b = child_dir(root, img), child_dir(root, msk)
+        if a and b:
+            return a, b
+    return None
 
 
 def _find_pair(converter: str, source: str, pairs: Sequence[Tuple[str, str]]) -> Tuple[str, str]:
-    roots = [source] + [os.path.join(source, s) for s in ("PNG", "TIF", "png", "tif")]
-    for root in roots:
-        for img, msk in pairs:
-            if os.path.isdir(os.path.join(root, img)) and os.path.isdir(os.path.join(root, msk)):
-                return os.path.join(root, img), os.path.join(root, msk)
-    listing = sorted(os.listdir(source)) if os.path.isdir(source) else "no such folder"
-    raise SourceLayoutError(converter, "an image folder and a mask folder: one of "
-                            + ", ".join(f"{a}/ + {b}/" for a, b in pairs), f"{listing}", source)
+    expected = "an image folder and a mask folder: one of " + ", ".join(f"{a}/ + {b}/" for a, b in pairs)
+    hits = find_nested(source, lambda d: _pair_in(d, pairs) is not None, max_depth=1)
+    if len(hits) > 1:
+        # the CVC-ClinicDB release holds the same images twice, in PNG/ and in TIF/: use PNG/
+        kinds = {os.path.basename(h).lower(): h for h in hits}
+        if "png" in kinds and set(kinds) <= {"png", "tif", "tiff"} and len(kinds) == len(hits):
+            hits = [kinds["png"]]
+        else:
+            raise SourceLayoutError(converter, expected + " (one dataset)", f"{len(hits)} such pairs in "
+                                    f"{[os.path.relpath(h, source) for h in hits][:6]}; pass the folder of the one "
+                                    "to convert as --source", source)
+    if not hits:
+        deeper = find_nested(source, lambda d: _pair_in(d, pairs) is not None, max_depth=3)
+        hint = (f" (such folders are deeper, in {[os.path.relpath(h, source) for h in deeper][:3]}: pass that "
+                "folder as --source)" if deeper else "")
+        raise SourceLayoutError(converter, expected, f"no such pair; the folder contains {_describe(source)}{hint}",
+                                source)
+    return _pair_in(hits[0], pairs)
 
 
 def _pairs(converter: str, img_dir: str, mask_dir: str) -> List[Tuple[str, str, str]]:
@@ -60,10 +84,10 @@ def _pairs(converter: str, img_dir: str, mask_dir: str) -> List[Tuple[str, str, 
 
 def _convert_polyp(converter: str, default_name: str, reference: str, source: str, dataset_id: int,
                    name: Optional[str], raw_root: Optional[str], overwrite: bool, num_processes: int,
-                   role: str, max_cases: Optional[int], verify: bool) -> str:
+                   role: str, max_cases: Optional[int], verify: bool, skip_bad: bool = False) -> str:
     if role not in ("train", "test"):
-        raise ValueError(f"role must be 'train' or 'test', got {role!r}")
-    source = os.path.abspath(source)
+        raise ConversionArgumentError(f"role must be 'train' or 'test', got {role!r}")
+    source = require_source(converter, source)
     img_dir, mask_dir = _find_pair(converter, source, PAIRS)
     pairs = _pairs(converter, img_dir, mask_dir)
     if max_cases is not None:
@@ -78,31 +102,33 @@ def _convert_polyp(converter: str, default_name: str, reference: str, source: st
     info = DatasetInfo(channel_names=channel_names(True), labels={"background": 0, "polyp": 1}, file_ending=".png",
                        name=ds_name, description=f"{default_name}: {desc}", reference=reference,
                        extra={"split": desc, "role": role})
-    return build_dataset(converter, target, cases, write_natural_case, info, None, num_processes, overwrite, verify)
+    summary = [f"images from {img_dir}, masks from {mask_dir}"]
+    return build_dataset(converter, target, cases, write_natural_case, info, None, num_processes, overwrite, verify,
+                         skip_bad=skip_bad, summary=summary)
 
 
 def convert_kvasir_seg(source: str, dataset_id: int, name: Optional[str] = None, raw_root: Optional[str] = None,
                        overwrite: bool = False, num_processes: int = 2, role: str = "train",
-                       max_cases: Optional[int] = None, verify: bool = True) -> str:
+                       max_cases: Optional[int] = None, verify: bool = True, skip_bad: bool = False) -> str:
     """Convert Kvasir-SEG (``images/*.jpg`` + ``masks/*.jpg``) to ``DatasetXXX_KvasirSEG``.
 
     ``role``: 'train' (all cases in imagesTr) or 'test' (all cases in imagesTs/labelsTs).
     ``max_cases`` converts only the first N images (sorted by name). Returns the dataset folder.
     """
     return _convert_polyp("kvasir_seg", "KvasirSEG", "Jha et al., Kvasir-SEG, MMM 2020", source, dataset_id,
-                          name, raw_root, overwrite, num_processes, role, max_cases, verify)
+                          name, raw_root, overwrite, num_processes, role, max_cases, verify, skip_bad)
 
 
 def convert_cvc_clinicdb(source: str, dataset_id: int, name: Optional[str] = None, raw_root: Optional[str] = None,
                          overwrite: bool = False, num_processes: int = 2, role: str = "test",
-                         max_cases: Optional[int] = None, verify: bool = True) -> str:
+                         max_cases: Optional[int] = None, verify: bool = True, skip_bad: bool = False) -> str:
     """Convert CVC-ClinicDB (``Original/`` + ``Ground Truth/``, .tif or .png) to ``DatasetXXX_CVCClinicDB``.
 
     ``role`` defaults to 'test' (the usual target domain when training on Kvasir-SEG).
     Returns the dataset folder.
     """
     return _convert_polyp("cvc_clinicdb", "CVCClinicDB", "Bernal et al., WM-DOVA maps, CMIG 2015", source,
-                          dataset_id, name, raw_root, overwrite, num_processes, role, max_cases, verify)
+                          dataset_id, name, raw_root, overwrite, num_processes, role, max_cases, verify, skip_bad)
 
 
 def _add_args(default_role):

@@ -23,6 +23,8 @@ import shutil
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from .errors import ConversionArgumentError, SplitNotFoundError, reading
+
 SPLIT_FILE = "splits_final.json"
 
 
@@ -40,7 +42,9 @@ class SplitPlan:
         for part in ("train", "val", "test"):
             for c in getattr(self, part):
                 if c in seen:
-                    raise ValueError(f"case {c!r} is in both the {seen[c]} and the {part} list")
+                    raise ConversionArgumentError(
+                        f"case {c!r} is in both the {seen[c]} and the {part} list; a case belongs to one list: "
+                        "fix the list files")
                 seen[c] = part
 
     @property
@@ -89,11 +93,11 @@ def install_split(raw_dataset_folder: str, preprocessed_root: Optional[str] = No
     """
     src = os.path.join(raw_dataset_folder, SPLIT_FILE)
     if not os.path.isfile(src):
-        raise FileNotFoundError(f"no {SPLIT_FILE} in {raw_dataset_folder}: this dataset has no published "
+        raise SplitNotFoundError(f"no {SPLIT_FILE} in {raw_dataset_folder}: this dataset has no published "
                                 f"split (nnU-Net will create its own 5-fold split)")
     root = preprocessed_root or os.environ.get("nnUNet_preprocessed")
     if not root:
-        raise ValueError("no preprocessed folder: pass --preprocessed DIR (preprocessed_root=...) or set "
+        raise ConversionArgumentError("no preprocessed folder: pass --preprocessed DIR (preprocessed_root=...) or set "
                          "the nnUNet_preprocessed environment variable")
     dst_dir = os.path.join(os.path.abspath(root), os.path.basename(os.path.normpath(raw_dataset_folder)))
     os.makedirs(dst_dir, exist_ok=True)
@@ -103,6 +107,12 @@ def install_split(raw_dataset_folder: str, preprocessed_root: Optional[str] = No
 
 
 def read_list_file(path: str) -> List[str]:
-    """Read a ``*.list`` / ``*.txt`` split file: one case name per line, blank lines ignored."""
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    """Read a ``*.list`` / ``*.txt`` split file: one case name per line; blank lines (a trailing one
+    too), ``#`` comments, Windows line ends and a UTF-8 byte order mark are ignored.
+
+    An unreadable file (binary, not UTF-8) raises :class:`~nnunet_ext.conversion.errors.CorruptFileError`.
+    """
+    with reading(path):
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]

@@ -8,8 +8,9 @@ Supported source layout::
         test_vol_h5/<case>.npy.h5         volumes, datasets 'image' and 'label' of shape (slices, H, W),
                                           e.g. case0001.npy.h5 (12 test cases)
 
-Training volumes are rebuilt by stacking each case's slices in slice-index order (indices must be
-0..n-1 without gaps). Labels keep TransUNet's 8-organ map: 1 aorta, 2 gallbladder, 3 left kidney,
+``--source`` may also be a folder up to two levels above (``data/`` of a TransUNet checkout); folder
+names may be spelt in any case. Training volumes are rebuilt by stacking each case's slices in
+slice-index order (indices must be contiguous from 0, or from 1 in a copy that numbers them so). Labels keep TransUNet's 8-organ map: 1 aorta, 2 gallbladder, 3 left kidney,
 4 right kidney, 5 liver, 6 pancreas, 7 spleen, 8 stomach (other values are an error). Intensities
 are kept as distributed (TransUNet clipped CT to [-125, 275] HU and scaled to [0, 1]).
 
@@ -28,8 +29,8 @@ from typing import Optional, Sequence
 
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
-from .errors import SourceLayoutError
-from .layout import list_files
+from .errors import ConversionArgumentError, SourceLayoutError
+from .layout import child_dir, find_nested, list_files, require_source
 from .splits import SplitPlan
 from .volumes import group_slices, write_volume_case
 
@@ -42,29 +43,36 @@ LABELS = {"background": 0, "aorta": 1, "gallbladder": 2, "left kidney": 3, "righ
 def convert_synapse(source: str, dataset_id: int, name: str = "Synapse", raw_root: Optional[str] = None,
                     overwrite: bool = False, num_processes: int = 2,
                     spacing: Sequence[float] = DEFAULT_SPACING, holdout_test: bool = False,
-                    verify: bool = True) -> str:
+                    verify: bool = True, skip_bad: bool = False) -> str:
     """Convert TransUNet's Synapse folder (``train_npz/``, ``test_vol_h5/``) to ``DatasetXXX_Synapse``.
 
     ``spacing`` (x, y, z) in mm is assigned to every volume (the files store none).
     Returns the dataset folder.
     """
-    source = os.path.abspath(source)
+    given = require_source(_NAME, source)
     if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be three positive numbers (x y z), got {spacing}")
-    tr_dir, ts_dir = os.path.join(source, "train_npz"), os.path.join(source, "test_vol_h5")
+        raise ConversionArgumentError(f"spacing must be three positive numbers (x y z), got {spacing}")
+    hits = find_nested(given, lambda d: bool(child_dir(d, "train_npz") or child_dir(d, "test_vol_h5")), max_depth=2)
+    if len(hits) > 1:
+        raise SourceLayoutError(_NAME, "one folder with train_npz/ and test_vol_h5/",
+                                f"{len(hits)}: {[os.path.relpath(h, given) for h in hits][:5]}; pass the one to "
+                                "convert as --source", given)
+    source = hits[0] if hits else given
+    tr_dir = child_dir(source, "train_npz") or os.path.join(source, "train_npz")
+    ts_dir = child_dir(source, "test_vol_h5") or os.path.join(source, "test_vol_h5")
     slices = list_files(_NAME, tr_dir, [".npz"], "a folder 'train_npz' with <case>_slice<NNN>.npz files")
     volumes = list_files(_NAME, ts_dir, [".npy.h5", ".h5"], "a folder 'test_vol_h5' with <case>.npy.h5 files")
-    train = group_slices(_NAME, tr_dir, slices, r"^(.+)_slice(\d+)\.npz$")
+    train = group_slices(_NAME, tr_dir, slices, r"(?i)^(.+?)_slice_?(\d+)\.npz$")
     test = {}
     for f in volumes:
-        cid = f[:-7] if f.endswith(".npy.h5") else f[:-3]
+        cid = f[:-7] if f.lower().endswith(".npy.h5") else f[:-3]
         test[cid] = os.path.join(ts_dir, f)
     both = sorted(set(train) & set(test))
     if both:
         raise SourceLayoutError(_NAME, "disjoint training (train_npz) and test (test_vol_h5) cases",
                                 f"cases in both: {both[:5]}", source)
     plan = SplitPlan(sorted(train), test=sorted(test), holdout_test=holdout_test)
-    target = prepare_target(dataset_id, name, raw_root, overwrite, [source])
+    target = prepare_target(dataset_id, name, raw_root, overwrite, [given])
     common = {"spacing": tuple(float(s) for s in spacing), "labels": list(LABELS.values()), "converter": _NAME}
     in_tr = set(plan.training_cases())
     cases = [Case(c, dict(common, kind="slices", paths=p), True, False) for c, p in train.items()]
@@ -77,7 +85,10 @@ def convert_synapse(source: str, dataset_id: int, name: str = "Synapse", raw_roo
                        extra={"spacing_note": f"spacing {list(common['spacing'])} (x, y, z) mm assigned by the "
                                               "converter: the source files store no spacing",
                               "split": plan.describe()})
-    return build_dataset(_NAME, target, cases, write_volume_case, info, plan.fold0(), num_processes, overwrite, verify)
+    summary = ([] if source == given else [f"dataset folder {source}"]) + \
+        [f"{len(train)} training volumes rebuilt from {tr_dir}, {len(test)} test volumes from {ts_dir}"]
+    return build_dataset(_NAME, target, cases, write_volume_case, info, plan.fold0(), num_processes, overwrite, verify,
+                         skip_bad=skip_bad, summary=summary)
 
 
 def _add_args(p):

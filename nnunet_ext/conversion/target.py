@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from typing import Iterator, Optional
 
-from .errors import TargetExistsError
+from .errors import ConversionArgumentError, TargetExistsError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
@@ -23,21 +23,29 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 def resolve_raw_root(raw_root: Optional[str] = None) -> str:
     """Return the nnU-Net raw root: ``raw_root`` if given, else ``$nnUNet_raw``.
 
-    Raises ``ValueError`` with an explanation if neither is set.
+    Raises :class:`ConversionArgumentError` (a ``ValueError``) with an explanation if neither is set,
+    or if the folder exists but cannot be written.
     """
     root = raw_root if raw_root else os.environ.get("nnUNet_raw")
     if not root:
-        raise ValueError("No output folder: pass --output DIR (raw_root=...) or set the nnUNet_raw "
+        raise ConversionArgumentError("No output folder: pass --output DIR (raw_root=...) or set the nnUNet_raw "
                          "environment variable to nnU-Net's raw data folder.")
-    return os.path.abspath(os.path.expanduser(root))
+    root = os.path.abspath(os.path.expanduser(root))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ConversionArgumentError(f"the output folder {root} is a file; pass a folder as --output "
+                                      "(or set nnUNet_raw to one)")
+    if os.path.isdir(root) and not os.access(root, os.W_OK | os.X_OK):
+        raise ConversionArgumentError(f"the output folder {root} is not writable; pass another --output "
+                                      "(or fix its permissions)")
+    return root
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     """nnU-Net's folder name ``DatasetXXX_Name`` for an id and a name (validated)."""
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 0 < dataset_id <= 999:
-        raise ValueError(f"dataset id must be an integer between 1 and 999, got {dataset_id!r}")
+        raise ConversionArgumentError(f"dataset id must be an integer between 1 and 999, got {dataset_id!r}")
     if not _NAME_RE.match(name or ""):
-        raise ValueError(f"dataset name {name!r} is not usable by nnU-Net: use letters, digits, '_' "
+        raise ConversionArgumentError(f"dataset name {name!r} is not usable by nnU-Net: use letters, digits, '_' "
                          f"and '-' only (no spaces)")
     return f"Dataset{dataset_id:03d}_{name}"
 
@@ -71,8 +79,12 @@ def atomic_folder(target: str, overwrite: bool) -> Iterator[str]:
     renamed aside, then the new folder is renamed in, then the old one is deleted).
     """
     parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    except OSError as e:
+        raise ConversionArgumentError(f"cannot create a folder in the output folder {parent} ({e.strerror or e}); "
+                                      "pass another --output (or fix its permissions)") from e
     try:
         yield tmp
     except BaseException:

@@ -5,7 +5,11 @@ import json
 import os
 from typing import Dict
 
+from .errors import IntegrityCheckError, one_line
 from .splits import SPLIT_FILE
+
+_HOW = ("nothing was written; fix the source files named above, or pass --skip-verify (verify=False) to write "
+        "the dataset unchecked (not recommended)")
 
 
 def _identifiers(folder: str, file_ending: str, channel_suffix: bool) -> list:
@@ -93,7 +97,7 @@ def verify_output(folder: str, num_processes: int = 2) -> Dict[str, int]:
     """Run nnU-Net's ``verify_dataset_integrity`` on imagesTr/labelsTr, the same per-case checks on
     imagesTs/labelsTs, check the split's case ids, and return :func:`count_cases`.
 
-    Raises ``RuntimeError`` (chained to nnU-Net's error) when a check fails.
+    Raises :class:`IntegrityCheckError` (a ``RuntimeError``, chained to nnU-Net's error) when a check fails.
     """
     counts = count_cases(folder)
     if counts["imagesTr"] > 0:
@@ -101,12 +105,11 @@ def verify_output(folder: str, num_processes: int = 2) -> Dict[str, int]:
         try:
             verify_dataset_integrity(folder, num_processes=max(1, min(int(num_processes), counts["imagesTr"])))
         except Exception as e:  # nnU-Net raises AssertionError / RuntimeError
-            raise RuntimeError(f"nnU-Net's dataset integrity check failed for the converted dataset: {e}") from e
+            raise IntegrityCheckError(f"nnU-Net's dataset integrity check failed for the converted dataset: "
+                                      f"{one_line(e)}; {_HOW}") from e
     try:
         _check_test_set(folder)
-    except RuntimeError:
-        raise
+        _check_split(folder)
     except Exception as e:
-        raise RuntimeError(f"test set check failed: {e}") from e
-    _check_split(folder)
+        raise IntegrityCheckError(f"check of the converted dataset failed: {one_line(e)}; {_HOW}") from e
     return counts

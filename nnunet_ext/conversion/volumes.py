@@ -21,61 +21,105 @@ import os
 import re
 import shutil
 from collections import defaultdict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from .build import Case
-from .errors import SourceLayoutError
+from .errors import CaseDataError, SourceLayoutError, reading
 from .writers import check_label_values, map_labels, stack_slices, write_volume
 
 
 def read_arrays(path: str, converter: str = "", keys: Sequence[str] = ("image", "label")) -> Tuple[np.ndarray, ...]:
-    """Read the ``keys`` arrays from an ``.h5`` or ``.npz`` file; missing keys raise SourceLayoutError."""
-    if path.endswith(".npz"):
-        with np.load(path) as f:
+    """Read the ``keys`` arrays from an ``.h5`` or ``.npz`` file; missing keys raise SourceLayoutError,
+    a file that cannot be read (truncated, corrupt) raises CorruptFileError."""
+    with reading(path):
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                found = list(f.keys())
+                if not all(k in found for k in keys):
+                    raise SourceLayoutError(converter, f"arrays {list(keys)} in each .npz file", f"arrays {found}",
+                                            path)
+                return tuple(np.asarray(f[k]) for k in keys)
+        import h5py
+        with h5py.File(path, "r") as f:
             found = list(f.keys())
             if not all(k in found for k in keys):
-                raise SourceLayoutError(converter, f"arrays {list(keys)} in each .npz file", f"arrays {found}", path)
-            return tuple(np.asarray(f[k]) for k in keys)
-    import h5py
-    with h5py.File(path, "r") as f:
-        found = list(f.keys())
-        if not all(k in found for k in keys):
-            raise SourceLayoutError(converter, f"datasets {list(keys)} in each .h5 file", f"datasets {found}", path)
-        return tuple(np.asarray(f[k][()]) for k in keys)
+                raise SourceLayoutError(converter, f"datasets {list(keys)} in each .h5 file", f"datasets {found}",
+                                        path)
+            return tuple(np.asarray(f[k][()]) for k in keys)
 
 
-def group_slices(converter: str, folder: str, files: Sequence[str], pattern: str) -> Dict[str, List[str]]:
-    """Group slice files by case: ``pattern`` has groups (case, index). Indices of a case must be
-    0..n-1 without gaps (else the volume cannot be rebuilt) -> case -> file paths in slice order."""
-    rx = re.compile(pattern)
+def parse_slice_names(files: Sequence[str], pattern: str, flags: int = 0) -> Tuple[Dict[str, List[Tuple[int, str]]],
+                                                                                   List[str]]:
+    """Split file paths into slices and others by name: ``pattern`` (matched against the base name)
+    has groups (case, index). Returns ({case: [(index, path), ...]}, [paths that are not slices])."""
+    rx = re.compile(pattern, flags)
     groups: Dict[str, List[Tuple[int, str]]] = defaultdict(list)
-    for f in files:
-        m = rx.match(f)
-        if not m:
-            raise SourceLayoutError(converter, f"slice files named like {pattern!r}", f"file {f!r}",
-                                    os.path.join(folder, f))
-        groups[m.group(1)].append((int(m.group(2)), f))
+    others = []
+    for p in files:
+        m = rx.match(os.path.basename(p))
+        if m:
+            groups[m.group(1)].append((int(m.group(2)), p))
+        else:
+            others.append(p)
+    return dict(groups), others
+
+
+def slice_numbering(groups: Dict[str, List[Tuple[int, str]]]) -> int:
+    """The first slice index of this copy: 0, or 1 when no case has a slice 0 (copies number slices
+    either way; one copy uses one convention)."""
+    return 0 if not groups or any(min(i for i, _ in items) == 0 for items in groups.values()) else 1
+
+
+def order_slices(converter: str, groups: Dict[str, List[Tuple[int, str]]], cases: Optional[Sequence[str]] = None,
+                 start: Optional[int] = None) -> Dict[str, List[str]]:
+    """case -> slice paths in slice order, for ``cases`` (default: all). The indices of a case must be
+    ``start .. start+n-1`` without gaps or duplicates (else the volume cannot be rebuilt); ``start``
+    defaults to :func:`slice_numbering` of all groups."""
+    start = slice_numbering(groups) if start is None else start
     out = {}
-    for case, items in sorted(groups.items()):
-        items.sort()
+    for case in sorted(groups if cases is None else cases):
+        items = sorted(groups[case])
         idx = [i for i, _ in items]
-        if idx != list(range(len(idx))):
-            gaps = sorted(set(range(max(idx) + 1)) - set(idx))[:5]
-            raise SourceLayoutError(converter, f"slices 0..n-1 of case {case!r} without gaps (to rebuild the volume)",
-                                    f"indices {idx[:3]}...{idx[-2:]} (missing {gaps})" if gaps
-                                    else "duplicate indices",
-                                    folder)
-        out[case] = [os.path.join(folder, f) for _, f in items]
+        folder = os.path.dirname(items[0][1])
+        if idx != list(range(start, start + len(idx))):
+            gaps = sorted(set(range(start, max(idx) + 1)) - set(idx))[:5]
+            found = (f"indices {idx[:3]}...{idx[-2:]} (missing {gaps})" if gaps else
+                     f"duplicate indices {sorted({i for i in idx if idx.count(i) > 1})[:5]}")
+            if gaps and start == 0 and min(idx) == 1:
+                found += ("; this case's slices start at 1 while other cases' start at 0, so its slice 0 is "
+                          "missing")
+            raise SourceLayoutError(converter, f"slices {start}..n{'-1' if start == 0 else ''} of case {case!r} "
+                                    "without gaps (to rebuild the volume)", found, folder)
+        out[case] = [p for _, p in items]
     return out
 
 
-def _to_zyx(arr: np.ndarray, axes: str) -> np.ndarray:
+def group_slices(converter: str, folder: str, files: Sequence[str], pattern: str) -> Dict[str, List[str]]:
+    """Group the slice files ``files`` (names in ``folder``) by case: ``pattern`` has groups (case,
+    index); every file must match. Indices of a case must be contiguous from 0 (or from 1 in a copy
+    that numbers all slices from 1) -> case -> file paths in slice order."""
+    groups, others = parse_slice_names([os.path.join(folder, f) for f in files], pattern)
+    if others:
+        raise SourceLayoutError(converter, f"slice files named like {pattern!r}",
+                                f"file {os.path.basename(others[0])!r}", others[0])
+    return order_slices(converter, groups)
+
+
+def _to_zyx(arr: np.ndarray, axes: str, where: str, what: str) -> np.ndarray:
     if arr.ndim != 3:
-        raise ValueError(f"expected a 3D array, got shape {arr.shape}")
+        hint = (" (a 2D slice: name slice files <case>_slice_<k>.h5 so that they are stacked into a volume)"
+                if arr.ndim == 2 else "")
+        raise CaseDataError(where, f"expected a 3D {what} array, got shape {tuple(arr.shape)}{hint}",
+                            fix="check that the file holds a whole volume")
     return arr if axes == "zyx" else np.transpose(arr, (2, 1, 0))
+
+
+def _read_nifti(path: str):
+    with reading(path):
+        return sitk.ReadImage(path)
 
 
 def write_volume_case(case: Case, images_dir: str, labels_dir: str) -> List[int]:
@@ -85,7 +129,12 @@ def write_volume_case(case: Case, images_dir: str, labels_dir: str) -> List[int]
     lab_out = os.path.join(labels_dir, case.case_id + ".nii.gz")
     kind = src["kind"]
     if kind == "nifti":
-        label = sitk.GetArrayFromImage(sitk.ReadImage(src["label"]))
+        image = _read_nifti(src["image"])  # read, not only copied: a truncated file is found here
+        label_img = _read_nifti(src["label"])
+        if image.GetSize() != label_img.GetSize():
+            raise CaseDataError(src["label"], f"label size {label_img.GetSize()} differs from the image's "
+                                f"{image.GetSize()} ({src['image']})", fix="check that the label belongs to the image")
+        label = sitk.GetArrayFromImage(label_img)
         if src.get("label_map"):
             raise ValueError("label_map is not supported for NIfTI copies")
         check_label_values(label, src["labels"], src["label"])
@@ -94,20 +143,26 @@ def write_volume_case(case: Case, images_dir: str, labels_dir: str) -> List[int]
         return [int(v) for v in np.unique(label)]
     if kind == "h5":
         image, label = read_arrays(src["path"], src.get("converter", ""))
-        image, label = _to_zyx(image, src.get("axes", "zyx")), _to_zyx(label, src.get("axes", "zyx"))
         where = src["path"]
+        image = _to_zyx(image, src.get("axes", "zyx"), where, "image")
+        label = _to_zyx(label, src.get("axes", "zyx"), where, "label")
     elif kind == "slices":
         pairs = [read_arrays(p, src.get("converter", "")) for p in src["paths"]]
-        where = os.path.dirname(src["paths"][0]) + f" ({case.case_id})"
+        where = os.path.dirname(src["paths"][0]) + f" (slices of {case.case_id})"
+        for p, (im, lab) in zip(src["paths"], pairs):
+            if im.ndim != 2 or lab.ndim != 2:
+                raise CaseDataError(p, f"expected 2D slice arrays, got image {tuple(im.shape)}, label "
+                                    f"{tuple(lab.shape)}", fix="check that the file is a slice")
         image = stack_slices([p[0] for p in pairs], where)
         label = stack_slices([p[1] for p in pairs], where)
     else:
         raise ValueError(f"unknown source kind {kind!r}")
     if image.shape != label.shape:
-        raise ValueError(f"image shape {image.shape} != label shape {label.shape} in {where}")
+        raise CaseDataError(where, f"image shape {image.shape} != label shape {label.shape}",
+                            fix="check that image and label belong together")
     if label.dtype.kind == "f":
         if not np.all(np.mod(label, 1) == 0):
-            raise ValueError(f"non-integer label values in {where}")
+            raise CaseDataError(where, "non-integer label values", fix="check that 'label' holds a label map")
         label = label.astype(np.int64)
     if src.get("label_map"):
         label = map_labels(label, src["label_map"], where)

@@ -13,6 +13,8 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
+from .errors import CaseDataError, reading
+
 IDENTITY_3D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -33,15 +35,19 @@ def write_volume(array_zyx: np.ndarray, path: str, spacing_xyz: Sequence[float] 
 def read_natural_image(path: str) -> np.ndarray:
     """Read an 8-bit 2D image file as uint8: (H, W) for greyscale, (H, W, 3) for colour (alpha dropped).
 
-    Raises ``ValueError`` for images with more than 8 bits per channel (nnU-Net's PNG reader would
-    accept them, but mixing them with 8-bit colour images in one dataset is not meaningful).
+    Raises :class:`CaseDataError` (a ``ValueError``) for images with more than 8 bits per channel
+    (nnU-Net's PNG reader would accept them, but mixing them with 8-bit colour images in one dataset
+    is not meaningful) and :class:`CorruptFileError` for a file that cannot be read (a truncated JPEG).
     """
-    with Image.open(path) as im:
-        if im.mode in ("L", "LA", "1"):
-            return np.asarray(im.convert("L"))
-        if im.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-            return np.asarray(im.convert("RGB"))
-        raise ValueError(f"unsupported image mode {im.mode!r} (only 8-bit grey or colour) in {path}")
+    with reading(path):
+        with Image.open(path) as im:
+            if im.mode in ("L", "LA", "1"):
+                return np.asarray(im.convert("L"))
+            if im.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                return np.asarray(im.convert("RGB"))
+            mode = im.mode
+    raise CaseDataError(path, f"unsupported image mode {mode!r} (only 8-bit grey or colour)",
+                        fix="convert the image to 8-bit")
 
 
 def to_mode(arr: np.ndarray, rgb: bool) -> np.ndarray:
@@ -60,13 +66,14 @@ def write_png(arr: np.ndarray, path: str) -> None:
 
 def read_mask(path: str) -> np.ndarray:
     """Read a 2D mask file as a (H, W) array; for colour masks the maximum over R, G, B is used, so a
-    mask drawn in any pure colour keeps its foreground."""
-    with Image.open(path) as im:
-        if im.mode in ("L", "I", "I;16", "F"):
-            return np.asarray(im)
-        if im.mode == "1":
-            return np.asarray(im, dtype=np.uint8) * 255
-        return np.asarray(im.convert("RGB")).max(axis=2)
+    mask drawn in any pure colour keeps its foreground. An unreadable file raises :class:`CorruptFileError`."""
+    with reading(path):
+        with Image.open(path) as im:
+            if im.mode in ("L", "I", "I;16", "F"):
+                return np.asarray(im)
+            if im.mode == "1":
+                return np.asarray(im, dtype=np.uint8) * 255
+            return np.asarray(im.convert("RGB")).max(axis=2)
 
 
 def binarise(mask: np.ndarray, threshold: float = 127) -> np.ndarray:
@@ -79,13 +86,14 @@ def binarise(mask: np.ndarray, threshold: float = 127) -> np.ndarray:
 def map_labels(label: np.ndarray, mapping: Mapping[int, int], where: str = "") -> np.ndarray:
     """Map label values through ``mapping`` (source value -> consecutive target value).
 
-    Raises ``ValueError`` naming the unexpected values (and ``where``) if a value is not mapped.
+    Raises :class:`CaseDataError` (a ``ValueError``) naming the unexpected values (and ``where``) if a
+    value is not mapped.
     """
     values = np.unique(label)
     unknown = [int(v) for v in values if int(v) not in mapping]
     if unknown:
-        raise ValueError(f"unexpected label values {unknown} in {where or 'label'}; "
-                         f"expected only {sorted(mapping)}")
+        raise CaseDataError(where or "label", f"unexpected label values {unknown}; expected only {sorted(mapping)}",
+                            fix="check that this is the dataset the converter is for")
     if all(int(k) == int(v) for k, v in mapping.items()):
         return label.astype(np.uint8, copy=False)
     lut = np.zeros(int(max(values.max(), max(mapping))) + 1, dtype=np.uint8)
@@ -96,16 +104,18 @@ def map_labels(label: np.ndarray, mapping: Mapping[int, int], where: str = "") -
 
 
 def check_label_values(label: np.ndarray, allowed: Sequence[int], where: str) -> None:
-    """Raise ``ValueError`` when ``label`` holds values outside ``allowed``."""
+    """Raise :class:`CaseDataError` (a ``ValueError``) when ``label`` holds values outside ``allowed``."""
     found = [int(v) for v in np.unique(label)]
     bad = [v for v in found if v not in set(int(a) for a in allowed)]
     if bad:
-        raise ValueError(f"unexpected label values {bad} in {where}; expected only {sorted(allowed)}")
+        raise CaseDataError(where, f"unexpected label values {bad}; expected only {sorted(allowed)}",
+                            fix="check that this is the dataset the converter is for (and its label names)")
 
 
 def stack_slices(slices: Sequence[np.ndarray], where: str) -> np.ndarray:
     """Stack equally shaped 2D slices into a (z, y, x) volume; clear error on shape mismatch."""
     shapes = {tuple(s.shape) for s in slices}
     if len(shapes) != 1:
-        raise ValueError(f"cannot stack slices of different shapes {sorted(shapes)} in {where}")
+        raise CaseDataError(where, f"cannot stack slices of different shapes {sorted(shapes)} into one volume",
+                            fix="check that the slice files belong to one volume")
     return np.stack(slices, axis=0)
