@@ -21,6 +21,9 @@ setup(
         "h5py",
         "pillow",
         "matplotlib",
+        "monai>=1.3",        # surface distances (NSD, HD95) for nnunet-ext evaluate
+        "torchio>=0.19",     # MRI corruptions (motion, ghosting, bias field) for nnunet-ext robustness
+        "pandas",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["nnunet-ext=nnunet_ext.cli:main"]},
