@@ -1,0 +1,190 @@
+"""Benchmark: nnUNetTrainerFD vs. stock nnUNetTrainer on MSD Hippocampus, several seeds, same budget.
+
+The real comparison (the short single-seed runs of ``bench_fd.py`` say nothing about FD's effect).
+Every step is resumable: re-running the same command continues where it stopped.
+
+1. Converts ``../shared/data/msd_hippocampus`` (flat MSD Task04 copy) to ``Dataset004_Hippocampus`` in
+   ``WORKDIR/raw`` (``nnunet-ext convert msd_flat``), unless done.
+2. Makes small-budget plans with ``nnunet-ext plan-small`` (nnU-Net's planner, GPU memory target
+   ``--gpu-memory-target``, plans ``nnUNetPlans_small``), unless done. ``--plans nnUNetPlans`` uses nnU-Net's
+   default plans instead (planned with nnUNetv2_plan_and_preprocess; for a GPU).
+3. Fixes the split: nnU-Net's own default 5-fold split of the 260 cases (KFold, seed 12345), fold 0 =
+   208 training / 52 test cases, written as ``WORKDIR/split/{train,test}.txt`` and given to the benchmark as
+   ``--train-list/--test-list`` (it finds them as fold 0 of splits_final.json).
+4. ``nnunet-ext benchmark -tr nnUNetTrainer,nnUNetTrainerFD --seeds 0,1,2 --iterations N ...`` into
+   ``WORKDIR/benchmark``: per class Dice / NSD / HD95 mean ± sd over seeds, paired per-case differences
+   with 95% bootstrap CIs, the time-per-iteration ratio, a box plot.
+5. ``nnunet-ext robustness`` on the same models (the first seed's by default; ``--robustness-seeds``),
+   unless ``--no-robustness``.
+6. Writes ``benchmarks/results/fd_hippocampus_benchmark_<date>.{md,json}`` with the exact command, date and
+   machine, the benchmark's tables and the robustness table.
+
+    python benchmarks/bench_hippocampus_fd_quality.py --workdir /tmp/hippo_fd --iterations 1500 -device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATASET_ID = 4
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", default=str(REPO.parent / "shared" / "data" / "msd_hippocampus"),
+                   help="flat MSD Hippocampus copy (images/, labels/)")
+    p.add_argument("--workdir", default=str(REPO / "benchmarks" / "workdir" / "hippocampus_fd"),
+                   help="nnU-Net folders (raw, preprocessed) and the benchmark's output")
+    p.add_argument("--iterations", type=int, default=1500, help="training iterations per run (the budget)")
+    p.add_argument("--iterations-per-epoch", type=int, default=250)
+    p.add_argument("--val-iterations", type=int, default=None, help="default: the benchmark's (iterations/epoch / 5)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--trainers", default="nnUNetTrainer,nnUNetTrainerFD", help="the first one is the reference")
+    p.add_argument("-c", "--configuration", default="2d")
+    p.add_argument("--plans", default="nnUNetPlans_small",
+                   help="nnUNetPlans_small: made here with plan-small; any other name must exist already")
+    p.add_argument("--gpu-memory-target", type=float, default=0.1, help="GB, for plan-small")
+    p.add_argument("-device", dest="device", choices=["cpu", "cuda", "mps"], default=None,
+                   help="default: cuda if available, else cpu")
+    p.add_argument("--tta", action="store_true", help="predict with test-time mirroring")
+    p.add_argument("--no-robustness", action="store_true", help="skip nnunet-ext robustness")
+    p.add_argument("--robustness-seeds", default=None, help="seeds whose models robustness evaluates "
+                                                            "(default: the first seed)")
+    p.add_argument("--robustness-args", default="--disable-tta",
+                   help="extra arguments for nnunet-ext robustness (one string)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    return p.parse_args(argv)
+
+
+def _bin(name: str) -> str:
+    cand = Path(sys.executable).parent / name
+    return str(cand) if cand.exists() else name
+
+
+def run(cmd, env=None) -> None:
+    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    rc = subprocess.call([str(c) for c in cmd], env=env)
+    if rc != 0:
+        sys.exit(f"failed (exit code {rc}): {' '.join(map(str, cmd))}\nre-run the same command to continue")
+
+
+def setup_env(workdir: Path) -> None:
+    for k, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
+        os.environ[k] = str(workdir / sub)
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("nnUNet_def_n_proc", "2")
+
+
+def prepare(args, workdir: Path) -> str:
+    raw = Path(os.environ["nnUNet_raw"])
+    existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
+    if not existing:
+        run([_bin("nnunet-ext"), "convert", "msd_flat", "--source", args.source, "--id", DATASET_ID])
+        existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
+    name = existing[0].name
+    if args.plans == "nnUNetPlans_small":
+        run([_bin("nnunet-ext"), "plan-small", "-d", DATASET_ID, "-gpu_memory_target", args.gpu_memory_target,
+             "-overwrite_plans_name", args.plans, "-c", args.configuration])
+    elif not (Path(os.environ["nnUNet_preprocessed"]) / name / f"{args.plans}.json").is_file():
+        sys.exit(f"plans {args.plans} not found in {os.environ['nnUNet_preprocessed']}/{name}: plan and preprocess "
+                 f"first (e.g. nnUNetv2_plan_and_preprocess -d {DATASET_ID} -c {args.configuration}), or use "
+                 f"--plans nnUNetPlans_small")
+    return name
+
+
+def write_split(workdir: Path, name: str) -> tuple:
+    """Fold 0 of nnU-Net's default split (208 / 52 cases), as case lists in WORKDIR/split/."""
+    from nnunet_ext.benchmark.protocol import default_splits
+
+    labels = Path(os.environ["nnUNet_raw"]) / name / "labelsTr"
+    ids = sorted(p.name[: -len(".nii.gz")] for p in labels.glob("*.nii.gz"))
+    fold0 = default_splits(ids)[0]
+    d = workdir / "split"
+    d.mkdir(exist_ok=True)
+    train, test = d / "train.txt", d / "test.txt"
+    train.write_text("\n".join(fold0["train"]) + "\n")
+    test.write_text("\n".join(fold0["val"]) + "\n")
+    print(f"split: {len(fold0['train'])} training / {len(fold0['val'])} test cases "
+          f"(fold 0 of nnU-Net's default 5-fold split), {d}")
+    return train, test
+
+
+def machine(device: str) -> str:
+    from nnunet_ext.benchmark.report import machine as m
+    return m(device)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not Path(args.source).is_dir():
+        sys.exit(f"Hippocampus source not found: {args.source} (expected images/ and labels/ of MSD Task04); "
+                 f"pass --source")
+    workdir = Path(args.workdir).resolve()
+    setup_env(workdir)
+    if args.device is None:
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = prepare(args, workdir)
+    train, test = write_split(workdir, name)
+    out = workdir / "benchmark"
+    bench_cmd = [_bin("nnunet-ext"), "benchmark", "-d", DATASET_ID, "-c", args.configuration, "-p", args.plans,
+                 "-tr", args.trainers, "--seeds", args.seeds, "--iterations", args.iterations,
+                 "--iterations-per-epoch", args.iterations_per_epoch, "--train-list", train, "--test-list", test,
+                 "-o", out, "-device", args.device]
+    if args.val_iterations:
+        bench_cmd += ["--val-iterations", args.val_iterations]
+    if args.tta:
+        bench_cmd.append("--tta")
+    run(bench_cmd)
+    bench = json.loads((out / "benchmark.json").read_text())
+    fold = bench["protocol"]["fold"]
+
+    robustness = {}
+    if not args.no_robustness:
+        from nnunet_ext.paths import ext_trainer_env
+        seeds = [s.strip() for s in (args.robustness_seeds or args.seeds.split(",")[0]).split(",") if s.strip()]
+        variants = ",".join(t.strip() + "__bench" for t in args.trainers.split(",") if t.strip())
+        for s in seeds:
+            env = ext_trainer_env([out / "trainers"])
+            env["nnUNet_results"] = str(out / "runs" / f"seed{s}")
+            rob_out = workdir / "robustness" / f"seed{s}"
+            run([_bin("nnunet-ext"), "robustness", "-d", DATASET_ID, "-c", args.configuration, "-tr", variants,
+                 "-f", fold, "-p", args.plans, "-o", rob_out, "-device", args.device,
+                 *shlex.split(args.robustness_args)], env=env)
+            md = rob_out / "robustness.md"
+            robustness[s] = {"folder": str(rob_out), "markdown": md.read_text() if md.is_file() else None}
+
+    date = _dt.datetime.now().isoformat(timespec="seconds")
+    command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
+                                   [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    result = {"command": command, "date": date, "machine": machine(args.device), "workdir": str(workdir),
+              "benchmark_command": "nnunet-ext " + " ".join(shlex.quote(str(c)) for c in bench_cmd[1:]),
+              "benchmark": bench, "robustness": robustness}
+    res_dir = Path(args.results)
+    res_dir.mkdir(parents=True, exist_ok=True)
+    stem = res_dir / f"fd_hippocampus_benchmark_{date[:10]}"
+    bench_md = (out / "benchmark.md").read_text()
+    # the benchmark's own header names the command it was given; ours goes on top
+    body = bench_md.split("\n", 1)[1].replace("\n## ", "\n### ")
+    lines = ["# FD vs stock nnU-Net on MSD Hippocampus: multi-seed benchmark", "",
+             f"Command: `{command}`  ", f"Date: {date}  ", f"Machine: {result['machine']}", "",
+             f"Benchmark: `{result['benchmark_command']}`", "", "## Benchmark", "", body.strip(), ""]
+    for s, r in robustness.items():
+        if r["markdown"]:
+            rob = r["markdown"].strip().replace("\n## ", "\n### ")
+            lines += [f"## Robustness (models of seed {s})", "", rob, ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {stem}.md / .json")
+
+
+if __name__ == "__main__":
+    main()
