@@ -9,6 +9,12 @@ import numpy as np
 COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 0.6, 1.0)}
 
 
+def _epoch_time(r: Dict) -> str:
+    """Median seconds per epoch with the quartiles (the spread shows how noisy the machine was)."""
+    iqr = r.get("epoch_time_iqr_s")
+    return f"{r['epoch_time_s']:.1f}" + (f" [{iqr[0]:.1f}, {iqr[1]:.1f}]" if iqr else "")
+
+
 def format_table(trainers: List[str], results: Dict) -> str:
     """Dice per class, mean, train time and time ratio against the first (reference) trainer."""
     first = results["trainers"][trainers[0]]
@@ -19,7 +25,7 @@ def format_table(trainers: List[str], results: Dict) -> str:
         r = results["trainers"][tr]
         rows.append([tr] + [f"{r['dice'][c]:.4f}" for c in classes] +
                     [f"{np.mean(list(r['dice'].values())):.4f}", f"{r['train_time_s']:.0f}",
-                     f"{r['epoch_time_s']:.1f}", f"{r['epoch_time_s'] / first['epoch_time_s']:.2f}x"])
+                     _epoch_time(r), f"{r['epoch_time_s'] / first['epoch_time_s']:.2f}x"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
@@ -79,7 +85,9 @@ def write_report(workdir: Path, raw: Path, preds: Path, trainers: List[str], res
         f"3d_fullres plans, fold 0, every trainer {b['epochs']} epochs x {b['iterations']} iterations on "
         f"`{results['device']}`. Dice on the held-out `imagesTs` cases predicted with `nnUNetv2_predict`. "
         "Train time is the sum of nnU-Net's epoch times (training + validation iterations); "
-        "the time ratio compares median epoch times with the first trainer.",
+        "the time ratio compares median epoch times with the first trainer (s/epoch: median [quartiles]). "
+        "Wall times on a shared machine are noisy; the per-iteration cost of a method is measured on identical "
+        "batches by `benchmarks/bench_fd.py`.",
         "",
         table,
         "",

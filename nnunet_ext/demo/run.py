@@ -32,6 +32,11 @@ QUICK = {"epochs": 6, "iterations": 25}
 LONG = {"epochs": 50, "iterations": 100}
 
 
+TIME_NOTE = ("s/epoch: median [quartiles] of the epoch wall times; the time ratio compares medians. Wall times on a "
+             "shared machine are noisy (another job can halve a ratio): speed is measured on identical batches by "
+             "benchmarks/bench_fd.py.")
+
+
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="nnunet_ext_demo", help="folder for raw/preprocessed/results and the report")
     p.add_argument("--trainers", default="nnUNetTrainer,nnUNetTrainerFD",
@@ -216,6 +221,7 @@ def run_demo(args) -> dict:
         epoch_s = [e - s for s, e in zip(lg["epoch_start_timestamps"], lg["epoch_end_timestamps"])]
         results["trainers"][tr] = {"variant": name, "train_time_s": float(np.sum(epoch_s)),
                                    "epoch_time_s": float(np.median(epoch_s)),
+                                   "epoch_time_iqr_s": [float(q) for q in np.percentile(epoch_s, [25, 75])],
                                    "aux": {k: float(v[-1]) for k, v in lg.items() if k not in NNUNET_LOG_KEYS},
                                    "fold": str(fold)}
 
@@ -249,6 +255,7 @@ def run_demo(args) -> dict:
     report = write_report(workdir, raw, preds, trainers, results)
     print()
     print(report["table"])
+    print(TIME_NOTE)
     print()
     print(f"report: {report['path']}   (total {results['wall_time_s'] / 60:.1f} min)")
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
