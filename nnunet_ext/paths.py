@@ -30,6 +30,19 @@ def ext_trainer_env(extra_dirs=(), base: Dict[str, str] | None = None) -> Dict[s
     return env
 
 
+def nnunet_folder(var: str, error=None) -> Path:
+    """The folder in nnU-Net's environment variable ``var`` (nnUNet_raw, nnUNet_preprocessed, nnUNet_results).
+
+    Unset: raises ``error`` (a ``nnunet_ext.errors.UserError`` subclass; default ``UserError``) naming the variable.
+    """
+    v = os.environ.get(var)
+    if not v:
+        from nnunet_ext.errors import UserError
+        raise (error or UserError)(f"${var} is not set (nnU-Net's folders: nnUNet_raw, nnUNet_preprocessed, "
+                                   f"nnUNet_results)")
+    return Path(v)
+
+
 def ext_trainer_status() -> str:
     """One human-readable line: is nnunet_ext's trainer folder on ``nnUNet_extTrainer``?"""
     ours = trainers_path()

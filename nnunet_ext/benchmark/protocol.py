@@ -184,10 +184,8 @@ def load_config_file(path: str) -> dict:
 # nnU-Net folders, dataset, split
 # --------------------------------------------------------------------------------------------------
 def _env_dir(var: str) -> Path:
-    v = os.environ.get(var)
-    if not v:
-        raise BenchmarkError(f"${var} is not set (nnU-Net's folders: nnUNet_raw, nnUNet_preprocessed, nnUNet_results)")
-    return Path(v)
+    from nnunet_ext.paths import nnunet_folder
+    return nnunet_folder(var, BenchmarkError)
 
 
 def resolve_dataset(dataset: str) -> str:

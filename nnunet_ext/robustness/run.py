@@ -98,10 +98,8 @@ class Settings:
 
 
 def _env_dir(var: str) -> Path:
-    v = os.environ.get(var)
-    if not v:
-        raise RobustnessError(f"${var} is not set (nnU-Net's folders: nnUNet_raw, nnUNet_preprocessed, nnUNet_results)")
-    return Path(v)
+    from nnunet_ext.paths import nnunet_folder
+    return nnunet_folder(var, RobustnessError)
 
 
 def resolve_dataset_name(dataset: str) -> str:
