@@ -43,6 +43,45 @@ def nnunet_folder(var: str, error=None) -> Path:
     return Path(v)
 
 
+def resolve_dataset_name(dataset, error=None) -> str:
+    """``DatasetXXX_Name`` for an id (``4``, ``"004"``) or a name, looked up in $nnUNet_results,
+    $nnUNet_preprocessed and $nnUNet_raw. Unknown or ambiguous: raises ``error`` (default ``UserError``)."""
+    from nnunet_ext.errors import UserError
+    error = error or UserError
+    dataset = str(dataset)
+    if dataset.startswith("Dataset"):
+        return dataset
+    if not dataset.isdigit():
+        raise error(f"-d must be a dataset id (e.g. 4) or name (Dataset004_Hippocampus), got {dataset!r}")
+    prefix = f"Dataset{int(dataset):03d}_"
+    found = set()
+    for var in ("nnUNet_results", "nnUNet_preprocessed", "nnUNet_raw"):
+        root = os.environ.get(var)
+        if root and os.path.isdir(root):
+            found.update(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))
+    if not found:
+        raise error(f"no dataset with id {int(dataset)} ({prefix}*) in $nnUNet_results, $nnUNet_preprocessed or "
+                    f"$nnUNet_raw ({', '.join(f'{v}={os.environ.get(v)}' for v in ('nnUNet_results', 'nnUNet_preprocessed', 'nnUNet_raw'))})")
+    if len(found) > 1:
+        raise error(f"dataset id {int(dataset)} is ambiguous: {', '.join(sorted(found))}")
+    return found.pop()
+
+
+def link_or_copy(src, dst) -> None:
+    """Hard-link ``src`` to ``dst`` (a copy across file systems), atomically; an existing ``dst`` is kept."""
+    import shutil
+
+    dst = Path(dst)
+    if dst.exists():
+        return
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 def ext_trainer_status() -> str:
     """One human-readable line: is nnunet_ext's trainer folder on ``nnUNet_extTrainer``?"""
     ours = trainers_path()

@@ -189,16 +189,10 @@ def _env_dir(var: str) -> Path:
 
 
 def resolve_dataset(dataset: str) -> str:
+    """``DatasetXXX_Name`` for an id or a name (``nnunet_ext.paths.resolve_dataset_name``)."""
     _env_dir("nnUNet_preprocessed")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        return maybe_convert_to_dataset_name(dataset if str(dataset).startswith("Dataset") else int(dataset))
-    except ValueError:
-        raise BenchmarkError(f"-d must be a dataset id or DatasetXXX_Name, got {dataset!r}") from None
-    except RuntimeError:
-        raise BenchmarkError(f"dataset {dataset} not found in $nnUNet_raw, $nnUNet_preprocessed or $nnUNet_results "
-                             f"({os.environ.get('nnUNet_raw')}, {os.environ.get('nnUNet_preprocessed')}, "
-                             f"{os.environ.get('nnUNet_results')})") from None
+    from nnunet_ext.paths import resolve_dataset_name
+    return resolve_dataset_name(dataset, BenchmarkError)
 
 
 def _write_json_atomic(path: Path, obj) -> None:

@@ -28,6 +28,12 @@ class ExtLocalLogger(LocalLogger):
             if k not in self.extra_keys:
                 self.extra_keys.append(k)
 
+    def pad_to(self, epoch: int) -> None:
+        """Give every registered key a value for epochs 0..epoch (NaN where nothing was logged)."""
+        for k in self.extra_keys:
+            values = self.my_fantastic_logging.setdefault(k, [])
+            values.extend([float("nan")] * (epoch + 1 - len(values)))
+
     def load_checkpoint(self, checkpoint: dict):
         # keep registered keys present when resuming from a checkpoint written without them
         super().load_checkpoint(checkpoint)
@@ -51,7 +57,7 @@ class ExtLocalLogger(LocalLogger):
         for k in self.extra_keys:
             ax.plot(x, self.my_fantastic_logging[k][:epoch + 1], ls="-", label=k, linewidth=4)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("auxiliary loss (unweighted)")
+        ax.set_ylabel("auxiliary terms (unweighted) and extra values")
         ax.legend(loc=(0, 1))
         plt.tight_layout()
         tmp = path + ".aux.png"

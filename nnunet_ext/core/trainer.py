@@ -10,13 +10,28 @@ gradient clipping at 12, optimiser and poly schedule. What changes:
    back-propagates ``seg + sum(weight * term)``.
 3. Every term's unweighted value is averaged per epoch (over all DDP ranks), logged under its
    name, printed in the training log and drawn in ``progress.png``. nnU-Net's own ``train_losses``
-   stays the segmentation loss, as in stock nnU-Net, so curves compare across trainers.
+   stays the segmentation loss, as in stock nnU-Net, so curves compare across trainers. Other
+   per-epoch values (e.g. a second network's pseudo Dice) go through ``log_extra``.
+
+Hooks for methods that need more than one loss term (CPS: two networks, an unlabelled batch):
+
+* ``segmentation_loss(output, target)``: nnU-Net's loss on the network output (override when the
+  output is not nnU-Net's, e.g. a pair of networks); ``forward_with_terms(..., extras)`` passes
+  ``extras`` on to the terms in ``StepState.extras``.
+* ``checkpoint_extras()`` / ``restore_checkpoint_extras(state)``: method state that must survive
+  ``--c`` (e.g. a selection of unlabelled cases) is stored in nnU-Net's checkpoint under
+  ``"nnunet_ext"``.
+* ``backward_and_step`` clips the gradient norm at 12 per optimiser parameter group (nnU-Net has
+  one group, so this is nnU-Net's clipping; a method with one group per network clips each
+  network on its own).
 
 The network built and checkpointed is nnU-Net's own, so ``nnUNetv2_predict`` needs nothing extra.
 """
 from __future__ import annotations
 
 from typing import List
+
+import os
 
 import numpy as np
 import torch
@@ -70,28 +85,45 @@ class nnUNetTrainerExt(nnUNetTrainer):
             self.aux_loss_names.extend(new)
             self.logger.local_logger.register(new, self.current_epoch)
 
-    def forward_with_terms(self, data, target):
+    def log_extra(self, name: str, value: float) -> None:
+        """Log one per-epoch value that is not a training-loss term (drawn and printed like the terms)."""
+        self.logger.local_logger.register([name], self.current_epoch)
+        self.logger.log(name, float(value), self.current_epoch)
+
+    def segmentation_loss(self, output, target) -> torch.Tensor:
+        """nnU-Net's segmentation loss (Dice + CE, deep supervision) of ``output``; ``train_losses`` logs it."""
+        return self.loss(output, target)
+
+    def forward_with_terms(self, data, target, extras: dict | None = None):
         """One forward pass: returns ``(total, seg_loss, {name: WeightedTerm})``."""
         output = self.network(data)
         features = self.feature_taps.pop() if self.feature_taps is not None else {}
-        seg_loss = self.loss(output, target)
-        state = StepState(data=data, target=target, output=output, features=features)
+        seg_loss = self.segmentation_loss(output, target)
+        state = StepState(data=data, target=target, output=output, features=features, extras=dict(extras or {}))
         terms = {}
         for term in self.loss_terms:
             terms.update(term(state))
         return total_loss(seg_loss, terms), seg_loss, terms
 
-    def train_step(self, batch: dict) -> dict:
-        if not self.loss_terms:
-            return super().train_step(batch)
+    def batch_to_device(self, batch: dict):
+        """``(data, target)`` of an nnU-Net batch on the trainer's device (target: tensor or list of tensors)."""
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
+        return data, target
 
+    def train_step(self, batch: dict) -> dict:
+        if not self.loss_terms:
+            return super().train_step(batch)
+        return self.step_with_terms(*self.batch_to_device(batch))
+
+    def step_with_terms(self, data, target, extras: dict | None = None) -> dict:
+        """One optimiser step on ``seg + sum(weight * term)``; returns the values to log (nnU-Net's train_step
+        contract: ``{"loss": seg_loss, term: value, ...}``)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            loss, seg_loss, terms = self.forward_with_terms(data, target)
+            loss, seg_loss, terms = self.forward_with_terms(data, target, extras)
         self.backward_and_step(loss)
         self.register_aux_losses(list(terms))
         # nnU-Net's train_losses stays the segmentation loss (comparable with stock and with val_losses);
@@ -102,17 +134,25 @@ class nnUNetTrainerExt(nnUNetTrainer):
         return out
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
-        """nnU-Net's update: GradScaler on CUDA, gradient norm clipped at 12."""
+        """nnU-Net's update: GradScaler on CUDA, gradient norm clipped at 12 (per parameter group)."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self._clip_gradients()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self._clip_gradients()
             self.optimizer.step()
+
+    def _clip_gradients(self, max_norm: float = 12) -> None:
+        groups = self.optimizer.param_groups
+        if len(groups) == 1:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), max_norm)
+        else:
+            for g in groups:
+                torch.nn.utils.clip_grad_norm_(g["params"], max_norm)
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -128,12 +168,41 @@ class nnUNetTrainerExt(nnUNetTrainer):
             self.logger.log(name, float(np.nanmean(vals)), self.current_epoch)
 
     def on_epoch_end(self):
-        for name in self.aux_loss_names:
+        local = self.logger.local_logger
+        local.pad_to(self.current_epoch)  # one value per epoch for every extra key, NaN where none was logged
+        for name in local.extra_keys:
             self.print_to_log_file(name, np.round(self.logger.get_value(name, step=-1), decimals=5))
         super().on_epoch_end()
 
+    # ---- method state in nnU-Net's checkpoint -----------------------------------------------------
+    def checkpoint_extras(self) -> dict:
+        """Method state to store in the checkpoint (picklable; default: nothing)."""
+        return {}
+
+    def restore_checkpoint_extras(self, state: dict) -> None:
+        """Restore what ``checkpoint_extras`` returned (called by ``load_checkpoint``)."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        extras = self.checkpoint_extras()
+        if not extras or self.local_rank != 0 or self.disable_checkpointing or not os.path.isfile(filename):
+            return
+        # nnU-Net builds its checkpoint dict inside save_checkpoint; ours is added to the file it wrote
+        # (read back, extended, replaced atomically), so nnU-Net's own fields stay exactly nnU-Net's
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint["nnunet_ext"] = extras
+        tmp = filename + ".tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        # nnU-Net 2.8.1's load_checkpoint only works with a file name (a dict argument is never bound)
         super().load_checkpoint(filename_or_checkpoint)
-        # every logged key that is not nnU-Net's own is one of our auxiliary curves
+        # every logged key that is not nnU-Net's own is one of our curves (terms re-register on first use)
         logged = self.logger.local_logger.my_fantastic_logging
-        self.register_aux_losses([k for k in logged if k not in NNUNET_LOG_KEYS])
+        self.logger.local_logger.register([k for k in logged if k not in NNUNET_LOG_KEYS])
+        if type(self).restore_checkpoint_extras is not nnUNetTrainerExt.restore_checkpoint_extras:
+            checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+                torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+            if checkpoint.get("nnunet_ext"):
+                self.restore_checkpoint_extras(checkpoint["nnunet_ext"])

@@ -45,6 +45,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from nnunet_ext.errors import UserError
+from nnunet_ext.paths import link_or_copy
 from nnunet_ext.robustness.corruptions import CORRUPTIONS, NUM_SEVERITIES, available_corruptions, corrupt
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
@@ -103,24 +104,9 @@ def _env_dir(var: str) -> Path:
 
 
 def resolve_dataset_name(dataset: str) -> str:
-    """``DatasetXXX_Name`` for an id or a name, looked up in $nnUNet_results, $nnUNet_preprocessed, $nnUNet_raw."""
-    dataset = str(dataset)
-    if dataset.startswith("Dataset"):
-        return dataset
-    if not dataset.isdigit():
-        raise RobustnessError(f"-d must be a dataset id (e.g. 4) or name (Dataset004_Hippocampus), got {dataset!r}")
-    prefix = f"Dataset{int(dataset):03d}_"
-    found = set()
-    for var in ("nnUNet_results", "nnUNet_preprocessed", "nnUNet_raw"):
-        root = os.environ.get(var)
-        if root and os.path.isdir(root):
-            found.update(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))
-    if not found:
-        raise RobustnessError(f"no dataset with id {int(dataset)} ({prefix}*) in $nnUNet_results, "
-                              f"$nnUNet_preprocessed or $nnUNet_raw")
-    if len(found) > 1:
-        raise RobustnessError(f"dataset id {int(dataset)} is ambiguous: {', '.join(sorted(found))}")
-    return found.pop()
+    """``DatasetXXX_Name`` for an id or a name (``nnunet_ext.paths.resolve_dataset_name``)."""
+    from nnunet_ext.paths import resolve_dataset_name as resolve
+    return resolve(dataset, RobustnessError)
 
 
 def find_model(dataset_name: str, trainer: str, plans: str, configuration: str, fold: str) -> Model:
@@ -255,17 +241,6 @@ def _to_json(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def _link_or_copy(src: str, dst: Path) -> None:
-    if dst.exists():
-        return
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _foreground_labels(dataset_json: dict) -> Optional[Dict[int, str]]:
@@ -466,7 +441,7 @@ def run_robustness(s: Settings) -> dict:
     fe = p["dataset_json"]["file_ending"]
     (out / "labels").mkdir(parents=True, exist_ok=True)
     for c in p["cases"]:
-        _link_or_copy(c.label, out / "labels" / (c.id + fe))
+        link_or_copy(c.label, out / "labels" / (c.id + fe))
     folders = _folders(p["corruptions"], p["severities"])
     print(f"robustness: {p['dataset_name']} {s.configuration} fold {p['fold']}, {len(p['cases'])} test case(s) "
           f"({p['kind']}), trainers {', '.join(s.trainers)}, corruptions {', '.join(p['corruptions']) or '-'}, "
