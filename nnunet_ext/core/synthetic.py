@@ -136,22 +136,24 @@ def write_dataset_json(folder: str, channel_names: dict, labels: dict, num_train
 
 
 def _write_cases(folder: str, name: str, counts, write_case) -> None:
-    """Call ``write_case(split, case_id)`` for every case; ``counts`` = {"Tr": n_train, "Ts": n_test}."""
+    """Call ``write_case(split, case_id)`` for every case; ``counts`` = {"Tr": n_train, "Ts": n_test, ...}.
+    The split ``"Unlabeled"`` (``imagesUnlabeled``) has no labels folder."""
     for split, n in counts.items():
         if n == 0:
             continue
         os.makedirs(os.path.join(folder, f"images{split}"), exist_ok=True)
-        os.makedirs(os.path.join(folder, f"labels{split}"), exist_ok=True)
+        if split != "Unlabeled":
+            os.makedirs(os.path.join(folder, f"labels{split}"), exist_ok=True)
         for i in range(n):
             write_case(split, f"{name.lower()}_{split.lower()}{i:03d}")
 
 
 def generate_dataset_3d(raw_root: str, dataset_id: int, name: str = "Phantom3D", num_train: int = 10,
-                        num_test: int = 0, spec: PhantomSpec = None, seed: int = 0) -> str:
+                        num_test: int = 0, spec: PhantomSpec = None, seed: int = 0, num_unlabeled: int = 0) -> str:
     """Write a synthetic 3D MRI-like dataset (NIfTI, anisotropic spacing, 2 foreground labels).
 
-    Test cases (if any) go to ``imagesTs``/``labelsTs``. ``spec`` defaults to ``TEST_SPEC``.
-    Returns the dataset folder.
+    Test cases (if any) go to ``imagesTs``/``labelsTs``, unlabelled cases (if any) to ``imagesUnlabeled``
+    (images only). ``spec`` defaults to ``TEST_SPEC``. Returns the dataset folder.
     """
     import SimpleITK as sitk
 
@@ -162,13 +164,16 @@ def generate_dataset_3d(raw_root: str, dataset_id: int, name: str = "Phantom3D",
     def write_case(split, case):
         img, seg = make_phantom_3d(rng, spec)
         origin = tuple(float(v) for v in rng.uniform(-50, 50, 3))
-        for arr, path in ((img, f"images{split}/{case}_0000.nii.gz"), (seg, f"labels{split}/{case}.nii.gz")):
+        files = [(img, f"images{split}/{case}_0000.nii.gz")]
+        if split != "Unlabeled":
+            files.append((seg, f"labels{split}/{case}.nii.gz"))
+        for arr, path in files:
             im = sitk.GetImageFromArray(arr)
             im.SetSpacing(tuple(float(s) for s in spec.spacing[::-1]))  # sitk is (x, y, z)
             im.SetOrigin(origin)
             sitk.WriteImage(im, os.path.join(folder, path))
 
-    _write_cases(folder, name, {"Tr": num_train, "Ts": num_test}, write_case)
+    _write_cases(folder, name, {"Tr": num_train, "Ts": num_test, "Unlabeled": num_unlabeled}, write_case)
     write_dataset_json(folder, {0: "MRI"}, dict(LABELS), num_train, ".nii.gz",
                        name=name, description="nnunet_ext synthetic hippocampus-like phantom (no real patient data)",
                        licence="CC0 (generated)")

@@ -1,0 +1,139 @@
+"""``nnunet-ext preprocess-unlabeled``: unlabelled images through the dataset's own nnU-Net preprocessing.
+
+Every case of ``$nnUNet_raw/DatasetXXX/imagesUnlabeled`` goes through the preprocessor class of the plans'
+configuration (nnU-Net's ``DefaultPreprocessor`` unless the plans name another): the same transpose, crop to
+the non-zero region, normalisation (with the dataset's intensity statistics) and resampling as the training
+cases. Results go to ``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/``.
+
+* Streaming: one case per task, results written by the worker, nothing kept in memory but the case at hand.
+* Resumable: a case whose ``.pkl`` exists is done (files are written atomically, the ``.pkl`` last).
+* Bad input is named and skipped, never used: a file that does not follow the naming, a case with missing or
+  extra channels, an unreadable file, a channel count or geometry the reader rejects. The list goes to
+  ``skipped.json`` in the output folder and to the terminal.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from nnunet_ext.errors import UserError
+from nnunet_ext.unlabeled.data import save_unlabeled_case, unlabeled_folder
+from nnunet_ext.unlabeled.raw import UNLABELED_DIR, unlabeled_cases
+
+
+class UnlabeledDataError(UserError):
+    """An unlabelled-data setup problem (missing folder, missing plans, nothing preprocessed)."""
+
+
+def _load_plans(preprocessed_dir: Path, plans: str, configuration: str):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_file = preprocessed_dir / f"{plans}.json"
+    if not plans_file.is_file():
+        raise UnlabeledDataError(f"{plans_file} not found: plan the dataset with nnU-Net first "
+                                 f"(nnUNetv2_plan_and_preprocess -d ID), then run preprocess-unlabeled")
+    pm = PlansManager(load_json(str(plans_file)))
+    if configuration not in pm.available_configurations:
+        raise UnlabeledDataError(f"configuration {configuration!r} is not in {plans_file} (it has: "
+                                 f"{', '.join(pm.available_configurations)})")
+    return pm, pm.get_configuration(configuration)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(plans: dict, configuration: str, dataset_json: dict, out: str) -> None:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    _WORKER.update(pm=pm, cm=cm, dataset_json=dataset_json, out=out,
+                   preprocessor=cm.preprocessor_class(verbose=False))
+
+
+def _preprocess_one(task: Tuple[str, List[str]]) -> Tuple[str, Optional[str]]:
+    """Preprocess and write one case; ``(case, None)`` or ``(case, reason it was skipped)``."""
+    case, files = task
+    w = _WORKER
+    n_channels = len(w["dataset_json"]["channel_names"])
+    try:
+        data, _, properties = w["preprocessor"].run_case(files, None, w["pm"], w["cm"], w["dataset_json"])
+    except Exception as e:  # any reader / geometry failure: the case is reported and skipped
+        msg = str(e).strip().splitlines()
+        return case, f"unreadable or inconsistent ({type(e).__name__}: {msg[0] if msg else ''}); files: " + \
+            ", ".join(os.path.basename(f) for f in files)
+    if data.shape[0] != n_channels:
+        return case, (f"has {data.shape[0]} image channel(s) after reading, dataset.json names {n_channels}; files: "
+                      + ", ".join(os.path.basename(f) for f in files))
+    save_unlabeled_case(data, properties, w["out"], case, w["cm"].patch_size)
+    return case, None
+
+
+def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNetPlans",
+                         num_processes: int = 4, progress: bool = True) -> Dict[str, dict]:
+    """Preprocess ``imagesUnlabeled`` for each configuration; returns ``{configuration: summary}``."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from tqdm import tqdm
+
+    from nnunet_ext.paths import nnunet_folder, resolve_dataset_name
+
+    name = resolve_dataset_name(dataset, UnlabeledDataError)
+    raw_dir = nnunet_folder("nnUNet_raw", UnlabeledDataError) / name
+    pre_dir = nnunet_folder("nnUNet_preprocessed", UnlabeledDataError) / name
+    if not (raw_dir / UNLABELED_DIR).is_dir():
+        raise UnlabeledDataError(f"{raw_dir / UNLABELED_DIR} does not exist: put the unlabelled images there, named "
+                                 f"like imagesTr (CASE_0000<file_ending>, one file per channel)")
+    dataset_json = load_json(str(pre_dir / "dataset.json")) if (pre_dir / "dataset.json").is_file() \
+        else load_json(str(raw_dir / "dataset.json"))
+    cases, problems = unlabeled_cases(raw_dir, dataset_json)
+    if not cases and not problems:
+        raise UnlabeledDataError(f"{raw_dir / UNLABELED_DIR} has no images ending in {dataset_json['file_ending']}")
+    summaries = {}
+    for configuration in configurations:
+        pm, cm = _load_plans(pre_dir, plans, configuration)
+        out = unlabeled_folder(pre_dir, cm.data_identifier)
+        out.mkdir(parents=True, exist_ok=True)
+        skipped_file = out / "skipped.json"
+        skipped: Dict[str, str] = dict(problems)
+        todo = [(c, f) for c, f in sorted(cases.items()) if not (out / f"{c}.pkl").is_file()]
+        done_before = len(cases) - len(todo)
+        print(f"{name} {configuration}: {len(cases)} unlabelled case(s), {done_before} already preprocessed, "
+              f"{len(todo)} to do -> {out}")
+        init = (pm.plans, configuration, dataset_json, str(out))
+        bar = tqdm(total=len(todo), desc=f"preprocess-unlabeled {configuration}", unit="case", disable=not progress,
+                   file=sys.stderr)
+        try:
+            if num_processes <= 1 or len(todo) <= 1:
+                _init_worker(*init)
+                results = map(_preprocess_one, todo)
+                for case, problem in results:
+                    _record(case, problem, skipped, bar)
+            else:
+                ctx = multiprocessing.get_context("spawn")
+                with ctx.Pool(min(num_processes, len(todo)), initializer=_init_worker, initargs=init) as pool:
+                    for case, problem in pool.imap_unordered(_preprocess_one, todo):
+                        _record(case, problem, skipped, bar)
+        finally:
+            bar.close()
+            tmp = skipped_file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(dict(sorted(skipped.items())), indent=2))
+            os.replace(tmp, skipped_file)
+        n_ok = sum(1 for c in cases if (out / f"{c}.pkl").is_file())
+        for case, why in sorted(skipped.items()):
+            print(f"  skipped {case}: {why}", file=sys.stderr)
+        print(f"{name} {configuration}: {n_ok} unlabelled case(s) ready, {len(skipped)} skipped"
+              + (f" (listed in {skipped_file})" if skipped else ""))
+        summaries[configuration] = {"folder": str(out), "ready": n_ok, "skipped": skipped}
+    return summaries
+
+
+def _record(case: str, problem: Optional[str], skipped: Dict[str, str], bar) -> None:
+    if problem is not None:
+        skipped[case] = problem
+        bar.write(f"skipped {case}: {problem}")
+    bar.update()
