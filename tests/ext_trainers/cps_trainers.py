@@ -1,0 +1,27 @@
+"""Test-only short-schedule CPS trainers (this folder is on nnUNet_extTrainer in the tests)."""
+import os
+
+from nnunet_ext.core.schedule import ScheduleMixin
+from nnunet_ext.cps.trainer import nnUNetTrainerCPS, nnUNetTrainerCPS_UIF
+
+CPS_TINY = {"num_epochs": 3, "num_iterations_per_epoch": 6, "num_val_iterations_per_epoch": 1, "save_every": 1}
+
+
+class nnUNetTrainerCPS_tiny(ScheduleMixin, nnUNetTrainerCPS):
+    schedule = CPS_TINY
+    unlabeled_batch_size = 1
+
+
+class nnUNetTrainerCPS_UIF_tiny(ScheduleMixin, nnUNetTrainerCPS_UIF):
+    """Scores at epoch 1 (warm-up 1/3), keeps half of the unlabelled cases, 2 patches per case."""
+    schedule = CPS_TINY
+    unlabeled_batch_size = 1
+    uif_warmup = 1 / 3
+    uif_keep = 0.5
+    uif_patches_per_case = 2
+
+    def on_epoch_start(self):
+        crash = os.environ.get("NNUNET_EXT_TEST_CRASH_AT_EPOCH")
+        if crash is not None and self.current_epoch == int(crash):
+            raise RuntimeError(f"test crash at epoch {self.current_epoch}")
+        super().on_epoch_start()
