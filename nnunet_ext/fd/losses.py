@@ -31,7 +31,7 @@ exact stride pooling from the nearest already pooled copy (``_TeacherPyramid``).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
