@@ -24,6 +24,8 @@ setup(
         "monai>=1.3",        # surface distances (NSD, HD95) for nnunet-ext evaluate
         "torchio>=0.19",     # MRI corruptions (motion, ghosting, bias field) for nnunet-ext robustness
         "pandas",
+        "diffusers>=0.30",   # frozen VAEs (AutoencoderKL, TAESD as AutoencoderTiny): GMS, S2S2, STEGO
+        "safetensors",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["nnunet-ext=nnunet_ext.cli:main"]},
