@@ -27,4 +27,5 @@ class nnUNetTrainerFD(nnUNetTrainerExt):
     fd_selection: str = "stages"
 
     def build_loss_terms(self) -> List[LossTerm]:
-        return [FeatureDistillationTerm(self.fd_lambda, self.fd_intra, self.fd_inter, self.fd_selection)]
+        return super().build_loss_terms() + [FeatureDistillationTerm(self.fd_lambda, self.fd_intra, self.fd_inter,
+                                                                     self.fd_selection)]
