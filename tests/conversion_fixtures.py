@@ -297,3 +297,48 @@ def make_acdc_h5_circulating(root, slices_dir="data", start=1, list_suffix="", t
                     _h5(ds / slices_dir / f"{name}_slice_{z + start}.h5", img[z], lab[z])
         write_list(ds / f"{part}.list", lists[part], trailing_blank, list_suffix)
     return ds
+
+
+# ---------------------------------------------------------------- FLARE22 (abdominal CT, 13 organs)
+FLARE22_SHAPE = (8, 16, 16)  # (z, y, x)
+
+
+def flare22_volume(seed, label=False) -> np.ndarray:
+    """A tiny CT-like int16 volume, or a label volume in which every organ value 1..13 occurs."""
+    if label:
+        lab = np.broadcast_to(np.arange(FLARE22_SHAPE[2]) % 14, FLARE22_SHAPE).astype(np.uint8)
+        return np.roll(lab, seed, axis=1).copy()
+    return rng(seed).integers(-1000, 1500, FLARE22_SHAPE).astype(np.int16)
+
+
+def _flare22_nifti(path, seed, label=False):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_nifti(path, flare22_volume(seed, label), spacing=(0.78125, 0.75, 2.5), origin=(-120.0, 90.5, -300.0 + seed),
+                direction=DIRECTION_FLIP)
+
+
+FLARE22_UNLABELED = (("FLARE22_UnlabeledCase1-1000", ("Case_00001", "Case_00002")),
+                     ("FLARE22_UnlabeledCase1001-2000", ("FLARE22_Tr_0051", "FLARE22_Tr_0052")))
+
+
+def make_flare22(root, n_labelled=3, unlabeled=FLARE22_UNLABELED, n_validation=2,
+                 labelled_dir="Training/FLARE22_LabeledCase50", pair=("images", "labels"),
+                 validation_dir="Validation") -> Path:
+    """The FLARE22 release: ``<labelled_dir>/{images,labels}/FLARE22_Tr_XXXX[_0000].nii.gz``, unlabelled
+    images ``Training/<part>/<name>_0000.nii.gz`` (``unlabeled``: (folder, names) per part; both naming
+    styles by default) and ``<validation_dir>/FLARE22_Ts_XXXX_0000.nii.gz``. Returns the release folder."""
+    ds = Path(root) / "FLARE22"
+    ds.mkdir(parents=True)
+    (ds / "README.txt").write_text("FLARE22 release (fake)")
+    lab = ds / labelled_dir
+    for i in range(1, n_labelled + 1):
+        _flare22_nifti(lab / pair[0] / f"FLARE22_Tr_{i:04d}_0000.nii.gz", i)
+        _flare22_nifti(lab / pair[1] / f"FLARE22_Tr_{i:04d}.nii.gz", i, label=True)
+    if n_labelled:
+        (lab / pair[0] / ".DS_Store").write_bytes(b"\0")  # debris of copies made on macOS
+    for k, (folder, names) in enumerate(unlabeled):
+        for j, name in enumerate(names):
+            _flare22_nifti(ds / "Training" / folder / f"{name}_0000.nii.gz", 100 + 10 * k + j)
+    for i in range(1, n_validation + 1):
+        _flare22_nifti(ds / validation_dir / f"FLARE22_Ts_{i:04d}_0000.nii.gz", 200 + i)
+    return ds

@@ -16,7 +16,7 @@ COMMON = {"--source", "--id", "--name", "--output", "--overwrite", "--num-proces
 
 def test_registry_interface():
     assert set(CONVERTERS) == {"gms", "kvasir_seg", "cvc_clinicdb", "synapse", "acdc", "acdc_h5", "la2018", "msd",
-                               "msd_flat"}
+                               "msd_flat", "flare22"}
     root = argparse.ArgumentParser()
     sub = root.add_subparsers(dest="cmd")
     for name, conv in CONVERTERS.items():
@@ -114,3 +114,49 @@ def test_errors_survive_worker_processes(tmp_path):
     assert str(e) == "Unexpected source layout for x: expected an a; found a b (at /p)" and e.path == "/p"
     assert run_parallel(abs, [-3, -2, -1, 0, 1, 2, 3, 4], num_processes=2, min_items_per_process=2) == \
         [3, 2, 1, 0, 1, 2, 3, 4]
+
+
+def _nifti_writer(case, images_dir, labels_dir):
+    """Writes a tiny volume; the label only where the case has one (labels_dir is None otherwise)."""
+    import SimpleITK as sitk
+    if case.source == "bad":
+        from nnunet_ext.conversion import CorruptFileError
+        raise CorruptFileError("/src/" + case.case_id, "truncated")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32)),
+                    os.path.join(images_dir, case.case_id + "_0000.nii.gz"))
+    if labels_dir is None:
+        return []
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((2, 3, 4), np.uint8)),
+                    os.path.join(labels_dir, case.case_id + ".nii.gz"))
+    return [0, 1]
+
+
+def test_unlabeled_cases(tmp_path, capsys):
+    """Case.unlabeled: imagesUnlabeled (images only, named like imagesTr), or imagesTs without labelsTs for test
+    cases; numUnlabeled in dataset.json; a skipped unlabelled case is removed; never a training case."""
+    from nnunet_ext.conversion.verify import verify_output
+    from nnunet_ext.unlabeled.raw import unlabeled_cases
+    info = DatasetInfo({"0": "CT"}, {"background": 0, "fg": 1}, ".nii.gz")
+    cases = [Case("a", None), Case("u1", None, train=False, unlabeled=True), Case("u2", "bad", train=False,
+             unlabeled=True), Case("u3", None, train=False, unlabeled=True), Case("v1", None, False, True, True)]
+    out = build_dataset("test", prepare_target(12, "U", str(tmp_path), False), cases, _nifti_writer, info,
+                        num_processes=1, verify=False, skip_bad=True)
+    assert sorted(os.listdir(out)) == ["dataset.json", "imagesTr", "imagesTs", "imagesUnlabeled", "labelsTr"]
+    assert sorted(os.listdir(os.path.join(out, "imagesUnlabeled"))) == ["u1_0000.nii.gz", "u3_0000.nii.gz"]
+    assert os.listdir(os.path.join(out, "imagesTs")) == ["v1_0000.nii.gz"]
+    dj = json.load(open(os.path.join(out, "dataset.json")))
+    assert dj["numTraining"] == 1 and dj["numTest"] == 1 and dj["numUnlabeled"] == 2
+    assert dj["skipped_cases"] == [{"case": "u2", "file": "/src/u2", "reason": "truncated"}]
+    assert "imagesUnlabeled=2" in capsys.readouterr().out
+    assert sorted(unlabeled_cases(out, dj)[0]) == ["u1", "u3"]
+    os.remove(os.path.join(out, "imagesTr", "a_0000.nii.gz"))  # verify_output without nnU-Net's (spawning) check
+    os.remove(os.path.join(out, "labelsTr", "a.nii.gz"))
+    assert verify_output(out)["imagesUnlabeled"] == 2
+    open(os.path.join(out, "imagesUnlabeled", "u4.nii.gz"), "w").close()  # not named like imagesTr
+    with pytest.raises(RuntimeError, match=r"imagesUnlabeled: u4\.nii\.gz does not follow nnU-Net's naming"):
+        verify_output(out)
+    for bad in ([Case("x", None, train=True, unlabeled=True)],
+                [Case("a", None), Case("t1", None, False, True), Case("t2", None, False, True, True)]):
+        with pytest.raises(ValueError, match="without label"):
+            build_dataset("test", prepare_target(13, "U", str(tmp_path), False), bad, _nifti_writer, info,
+                          num_processes=1, verify=False)

@@ -35,7 +35,8 @@ def _one_error_line(err, verb):
 
 
 def test_every_verb_is_tested():
-    assert VERBS == ["acdc", "acdc_h5", "cvc_clinicdb", "gms", "kvasir_seg", "la2018", "msd", "msd_flat", "synapse"]
+    assert VERBS == ["acdc", "acdc_h5", "cvc_clinicdb", "flare22", "gms", "kvasir_seg", "la2018", "msd", "msd_flat",
+                     "synapse"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -21,6 +21,7 @@ from .cli import Converter, add_common_arguments
 from .errors import (BadCaseError, CaseDataError, ConversionArgumentError, ConversionError, CorruptFileError,
                      IntegrityCheckError, SourceLayoutError, SourceNotFoundError, SplitNotFoundError,
                      TargetExistsError)
+from .flare22 import FLARE22, convert_flare22
 from .gms import GMS, convert_gms
 from .la2018 import LA2018, convert_la2018
 from .msd import MSD, MSD_FLAT, convert_msd, convert_msd_flat
@@ -29,7 +30,7 @@ from .splits import SplitPlan, install_split
 from .synapse import SYNAPSE, convert_synapse
 
 CONVERTERS: Dict[str, Converter] = {
-    c.name: c for c in (GMS, KVASIR_SEG, CVC_CLINICDB, SYNAPSE, ACDC, ACDC_H5, LA2018, MSD, MSD_FLAT)
+    c.name: c for c in (GMS, KVASIR_SEG, CVC_CLINICDB, SYNAPSE, ACDC, ACDC_H5, LA2018, MSD, MSD_FLAT, FLARE22)
 }
 
 __all__ = [
@@ -38,5 +39,5 @@ __all__ = [
     "BadCaseError", "CorruptFileError", "CaseDataError",
     "SplitPlan", "Case", "DatasetInfo", "build_dataset", "prepare_target",
     "convert_gms", "convert_kvasir_seg", "convert_cvc_clinicdb", "convert_synapse", "convert_acdc",
-    "convert_acdc_h5", "convert_la2018", "convert_msd", "convert_msd_flat",
+    "convert_acdc_h5", "convert_la2018", "convert_msd", "convert_msd_flat", "convert_flare22",
 ]

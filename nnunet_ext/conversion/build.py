@@ -4,7 +4,12 @@ dataset.json and the split, validate with nnU-Net's checks, then move the folder
 A converter only has to (1) read and validate its source layout into a list of :class:`Case` and
 (2) provide a module-level *writer* ``writer(case, images_dir, labels_dir) -> label values`` that
 writes ``<images_dir>/<case_id>_0000<ending>`` (more channels: ``_0001`` ...) and
-``<labels_dir>/<case_id><ending>``.
+``<labels_dir>/<case_id><ending>``. For a case without label (``Case.unlabeled``) ``labels_dir`` is
+None and the writer writes the images only (and returns no label values).
+
+Images without labels go to ``imagesUnlabeled/`` (named like imagesTr, read by
+``nnunet-ext preprocess-unlabeled`` and the CPS trainers; see :mod:`nnunet_ext.unlabeled.raw`), or,
+for test cases, to ``imagesTs/`` without ``labelsTs/``.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from nnunet_ext.errors import UserError
+from nnunet_ext.unlabeled.raw import UNLABELED_DIR
 
 from .errors import BadCaseError, CaseDataError, ConversionArgumentError
 from .parallel import run_parallel
@@ -27,14 +33,17 @@ class Case:
     """One case to convert.
 
     ``train``: written to imagesTr/labelsTr; ``test``: written to imagesTs/labelsTs (copied from the
-    training files when both are set). ``source`` is the converter's picklable description of where
-    the case comes from (paths, slice lists...).
+    training files when both are set). ``unlabeled``: the case has no label: written to
+    imagesUnlabeled (with ``test``: to imagesTs, and no labelsTs is written); it cannot be a training
+    case (pass ``train=False``). ``source`` is the converter's picklable description of where the case
+    comes from (paths, slice lists...).
     """
 
     case_id: str
     source: Any
     train: bool = True
     test: bool = False
+    unlabeled: bool = False
 
 
 @dataclass
@@ -71,7 +80,7 @@ def source_file(case: Case) -> str:
     """The source file (or folder) a case's label comes from, for messages."""
     src = case.source
     if isinstance(src, dict):
-        for k in ("label", "mask", "path"):
+        for k in ("label", "mask", "path", "image"):
             if src.get(k):
                 return str(src[k])
         if src.get("paths"):
@@ -101,13 +110,13 @@ def _write_one(job):
     return case.case_id, values, None
 
 
-def _remove_case(case_id: str, ending: str, images_dir: str, labels_dir: str) -> None:
-    """Remove whatever a failed (skipped) case left in images_dir / labels_dir."""
+def _remove_case(case_id: str, ending: str, images_dir: str, labels_dir: Optional[str]) -> None:
+    """Remove whatever a failed (skipped) case left in images_dir / labels_dir (None: images only)."""
     for f in os.listdir(images_dir):
         if f.startswith(case_id + "_") and f.endswith(ending) and len(f) == len(case_id) + 5 + len(ending):
             os.remove(os.path.join(images_dir, f))
-    lab = os.path.join(labels_dir, case_id + ending)
-    if os.path.exists(lab):
+    lab = os.path.join(labels_dir, case_id + ending) if labels_dir else None
+    if lab and os.path.exists(lab):
         os.remove(lab)
 
 
@@ -120,6 +129,28 @@ def _copy_case(case_id: str, ending: str, src_images: str, src_labels: str, dst_
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _check_unlabeled(converter: str, cases: List[Case]) -> None:
+    """Cases without label: never training cases; a test set is either all labelled or all unlabelled."""
+    bad = [c.case_id for c in cases if c.unlabeled and c.train]
+    if bad:
+        raise ConversionArgumentError(f"{converter}: cases without label cannot be training cases: {bad[:5]}")
+    test_kinds = {c.unlabeled for c in cases if c.test}
+    if len(test_kinds) > 1:
+        raise ConversionArgumentError(f"{converter}: the test set mixes cases with and without label (imagesTs "
+                                      "and labelsTs must hold the same cases)")
+
+
+def _folders(cases: List[Case], d: Dict[str, str]) -> Dict[str, tuple]:
+    """case id -> (images folder, labels folder or None) in the temporary dataset folder."""
+    def where(c: Case) -> tuple:
+        if c.train:
+            return d["imagesTr"], d["labelsTr"]
+        if c.unlabeled:
+            return (d["imagesTs"], None) if c.test else (d[UNLABELED_DIR], None)
+        return d["imagesTs"], d["labelsTs"]
+    return {c.case_id: where(c) for c in cases}
 
 
 def build_dataset(converter: str, target: str, cases: List[Case], writer: Callable, info: DatasetInfo,
@@ -143,17 +174,20 @@ def build_dataset(converter: str, target: str, cases: List[Case], writer: Callab
                                       "the source (check the list files)")
     if not cases:
         raise ConversionArgumentError(f"{converter}: no cases to convert; check --source and the list files")
+    _check_unlabeled(converter, cases)
     ending = info.file_ending
     labels = {str(k): int(v) for k, v in info.labels.items()}
     with atomic_folder(target, overwrite) as tmp:
-        d = {k: os.path.join(tmp, k) for k in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
+        d = {k: os.path.join(tmp, k) for k in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", UNLABELED_DIR)}
+        where = _folders(cases, d)
         os.makedirs(d["imagesTr"])
         os.makedirs(d["labelsTr"])
         if any(c.test for c in cases):
             os.makedirs(d["imagesTs"])
-            os.makedirs(d["labelsTs"])
-        where = {c.case_id: ((d["imagesTr"], d["labelsTr"]) if c.train else (d["imagesTs"], d["labelsTs"]))
-                 for c in cases}
+            if not all(c.unlabeled for c in cases if c.test):
+                os.makedirs(d["labelsTs"])
+        if any(c.unlabeled and not c.test for c in cases):
+            os.makedirs(d[UNLABELED_DIR])
         jobs = [(writer, c, *where[c.case_id], labels, skip_bad) for c in cases]
         results = run_parallel(_write_one, jobs, num_processes, desc=f"{converter}: writing cases")
         skipped = [r[2] for r in results if r[2] is not None]
@@ -180,6 +214,9 @@ def build_dataset(converter: str, target: str, cases: List[Case], writer: Callab
         n_train = sum(c.train for c in cases)
         extra = dict(info.extra)
         extra["numTest"] = sum(c.test for c in cases)
+        n_unlabeled = sum(c.unlabeled and not c.test for c in cases)
+        if n_unlabeled:
+            extra["numUnlabeled"] = n_unlabeled
         description = info.description
         if skipped:
             description += (f"; {_plural(len(skipped), 'case')} skipped because of unreadable or unusable files "

@@ -5,6 +5,8 @@ import json
 import os
 from typing import Dict
 
+from nnunet_ext.unlabeled.raw import UNLABELED_DIR, unlabeled_cases
+
 from .errors import IntegrityCheckError, one_line
 from .splits import SPLIT_FILE
 
@@ -23,7 +25,8 @@ def _identifiers(folder: str, file_ending: str, channel_suffix: bool) -> list:
 
 
 def count_cases(folder: str) -> Dict[str, int]:
-    """Case counts of a raw dataset: imagesTr, imagesTs, labelsTs and the fold-0 split (if written)."""
+    """Case counts of a raw dataset: imagesTr, imagesTs, labelsTs, imagesUnlabeled (if written) and the fold-0
+    split (if written)."""
     with open(os.path.join(folder, "dataset.json")) as f:
         ending = json.load(f)["file_ending"]
     counts = {
@@ -31,6 +34,8 @@ def count_cases(folder: str) -> Dict[str, int]:
         "imagesTs": len(_identifiers(os.path.join(folder, "imagesTs"), ending, True)),
         "labelsTs": len(_identifiers(os.path.join(folder, "labelsTs"), ending, False)),
     }
+    if os.path.isdir(os.path.join(folder, UNLABELED_DIR)):
+        counts[UNLABELED_DIR] = len(_identifiers(os.path.join(folder, UNLABELED_DIR), ending, True))
     split = os.path.join(folder, SPLIT_FILE)
     if os.path.isfile(split):
         with open(split) as f:
@@ -93,9 +98,22 @@ def _check_test_set(folder: str) -> None:
         raise RuntimeError(f"test set check failed for {bad[:5]} (see messages above)")
 
 
+def _check_unlabeled(folder: str) -> None:
+    """imagesUnlabeled (if written): every file named like imagesTr, with the channels dataset.json names."""
+    if not os.path.isdir(os.path.join(folder, UNLABELED_DIR)):
+        return
+    with open(os.path.join(folder, "dataset.json")) as f:
+        dj = json.load(f)
+    _, problems = unlabeled_cases(folder, dj)
+    if problems:
+        name, why = sorted(problems.items())[0]
+        raise RuntimeError(f"{UNLABELED_DIR}: {name} {why} ({len(problems)} problem(s))")
+
+
 def verify_output(folder: str, num_processes: int = 2) -> Dict[str, int]:
     """Run nnU-Net's ``verify_dataset_integrity`` on imagesTr/labelsTr, the same per-case checks on
-    imagesTs/labelsTs, check the split's case ids, and return :func:`count_cases`.
+    imagesTs/labelsTs, check the split's case ids and the naming of imagesUnlabeled, and return
+    :func:`count_cases`.
 
     Raises :class:`IntegrityCheckError` (a ``RuntimeError``, chained to nnU-Net's error) when a check fails.
     """
@@ -110,6 +128,7 @@ def verify_output(folder: str, num_processes: int = 2) -> Dict[str, int]:
     try:
         _check_test_set(folder)
         _check_split(folder)
+        _check_unlabeled(folder)
     except Exception as e:
         raise IntegrityCheckError(f"check of the converted dataset failed: {one_line(e)}; {_HOW}") from e
     return counts

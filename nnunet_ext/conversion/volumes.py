@@ -10,7 +10,11 @@ with a documented default) and uses origin (0, 0, 0) and the identity direction.
 * ``h5``: ``path`` (datasets ``image`` and ``label``), ``spacing`` (x, y, z), ``axes``;
 * ``slices``: ``paths`` (one file per slice, in slice order, ``.npz`` or ``.h5`` with ``image`` and
   ``label``), ``spacing``;
-* ``nifti``: ``image`` and ``label`` NIfTI paths (copied unchanged; geometry kept exactly);
+* ``nifti``: ``image`` and ``label`` NIfTI paths (copied unchanged; geometry kept exactly); with
+  ``link``: hard-linked where the file system allows (:func:`nnunet_ext.paths.link_or_copy`), else
+  copied. For a case without label (``Case.unlabeled``: ``labels_dir`` is None) only ``image`` is
+  needed: it must be a 3D volume and is read whole (a truncated file is found here), or, with
+  ``check='header'``, only its header is read (fast, for thousands of unlabelled CTs);
 
 plus ``labels``: the allowed label values (after mapping) and optionally ``label_map``
 (source value -> target value).
@@ -25,6 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from nnunet_ext.paths import link_or_copy
 
 from .build import Case
 from .errors import CaseDataError, SourceLayoutError, reading
@@ -122,12 +128,42 @@ def _read_nifti(path: str):
         return sitk.ReadImage(path)
 
 
+def check_nifti_image(path: str, check: str = "full") -> None:
+    """Check that ``path`` is a readable 3D image: ``check='full'`` reads it whole (finds truncated files),
+    ``'header'`` reads its header only. Raises CorruptFileError / CaseDataError naming the file."""
+    with reading(path):
+        if check == "full":
+            dim = sitk.ReadImage(path).GetDimension()
+        elif check == "header":
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(path)
+            reader.ReadImageInformation()
+            dim = reader.GetDimension()
+        else:
+            raise ValueError(f"unknown check {check!r} (expected 'full' or 'header')")
+    if dim != 3:
+        raise CaseDataError(path, f"a {dim}D image (expected a 3D volume with one channel)",
+                            fix="check that the file is an image volume of this dataset")
+
+
+def _put(src: str, dst: str, link: bool) -> None:
+    """Copy ``src`` to ``dst`` unchanged; with ``link`` hard-link it where the file system allows."""
+    if link:
+        link_or_copy(src, dst)
+    else:
+        shutil.copyfile(src, dst)
+
+
 def write_volume_case(case: Case, images_dir: str, labels_dir: str) -> List[int]:
     """Writer for :func:`~nnunet_ext.conversion.build.build_dataset` (see module docstring)."""
     src = case.source
     img_out = os.path.join(images_dir, case.case_id + "_0000.nii.gz")
-    lab_out = os.path.join(labels_dir, case.case_id + ".nii.gz")
     kind = src["kind"]
+    if kind == "nifti" and labels_dir is None:  # an image without label (imagesUnlabeled, or imagesTs)
+        check_nifti_image(src["image"], src.get("check", "full"))
+        _put(src["image"], img_out, src.get("link", False))
+        return []
+    lab_out = os.path.join(labels_dir, case.case_id + ".nii.gz")
     if kind == "nifti":
         image = _read_nifti(src["image"])  # read, not only copied: a truncated file is found here
         label_img = _read_nifti(src["label"])
@@ -138,8 +174,8 @@ def write_volume_case(case: Case, images_dir: str, labels_dir: str) -> List[int]
         if src.get("label_map"):
             raise ValueError("label_map is not supported for NIfTI copies")
         check_label_values(label, src["labels"], src["label"])
-        shutil.copyfile(src["image"], img_out)
-        shutil.copyfile(src["label"], lab_out)
+        _put(src["image"], img_out, src.get("link", False))
+        _put(src["label"], lab_out, src.get("link", False))
         return [int(v) for v in np.unique(label)]
     if kind == "h5":
         image, label = read_arrays(src["path"], src.get("converter", ""))
