@@ -43,6 +43,19 @@ def test_tiny_autoencoderkl_round_trip_frozen(tmp_path, monkeypatch):
     assert load_vae(str(tmp_path)).is_kl
 
 
+def test_tiny_autoencodertiny_saved_and_loaded(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+                    latent_channels=4).save_pretrained(str(tmp_path / "tiny"))
+    vae = load_vae(str(tmp_path / "tiny"))
+    assert not vae.is_kl and vae.kind == "diffusers"
+    z = vae.encode(torch.rand(1, 3, 32, 32) * 2 - 1)
+    assert z.shape == (1, 4, 4, 4) and vae.decode(z).shape == (1, 3, 32, 32)
+
+
 def test_errors_name_the_setting(tmp_path, monkeypatch):
     monkeypatch.delenv(VAE_ENV, raising=False)
     with pytest.raises(VAENotFoundError, match=VAE_ENV):

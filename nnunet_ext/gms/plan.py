@@ -1,0 +1,49 @@
+"""``nnunet-ext plan-gms``: add the ``gms_2d`` configuration to a dataset's nnU-Net plans.
+
+``gms_2d`` inherits nnU-Net's ``2d`` configuration (same spacing, normalisation and preprocessed data, so nothing
+is preprocessed twice) with the patch size rounded up to a multiple of 8 (the VAE's down-sampling factor). The
+intensity mapping to the VAE's [-1, 1] and the 1 -> 3 channel replication happen in the network
+(``nnunet_ext.gms.network``), so the plans stay ordinary nnU-Net plans. Run after nnU-Net's planning of ``2d``;
+if the 2d data is not preprocessed yet, nnU-Net's ``nnUNetv2_preprocess`` is run for ``gms_2d``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nnunet_ext.errors import UserError
+
+GMS_CONFIG = "gms_2d"
+
+
+def plan_gms(dataset, plans: str = "nnUNetPlans", source: str = "2d", name: str = GMS_CONFIG,
+             num_processes: int = 2) -> dict:
+    from nnunet_ext.paths import nnunet_folder, resolve_dataset_name
+
+    ds = resolve_dataset_name(dataset)
+    pre = nnunet_folder("nnUNet_preprocessed") / ds
+    plans_file = pre / f"{plans}.json"
+    if not plans_file.is_file():
+        raise UserError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {source} first")
+    p = json.loads(plans_file.read_text())
+    if source not in p["configurations"]:
+        raise UserError(f"{plans_file} has no {source!r} configuration: run nnUNetv2_plan_and_preprocess -d {dataset} "
+                        f"-c {source} first")
+    src = p["configurations"][source]
+    patch = [int(math.ceil(s / 8) * 8) for s in src["patch_size"]]
+    p["configurations"][name] = {"inherits_from": source, "patch_size": patch}
+    tmp = plans_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(p, indent=4))
+    os.replace(tmp, plans_file)
+    data_dir = pre / src.get("data_identifier", f"{plans}_{source}")
+    if not data_dir.is_dir() or not any(data_dir.glob("*.b2nd")):
+        exe = Path(sys.executable).parent / "nnUNetv2_preprocess"
+        subprocess.run([str(exe if exe.exists() else "nnUNetv2_preprocess"), "-d", str(dataset), "-plans_name", plans,
+                        "-c", name, "-np", str(num_processes)], check=True)
+    print(f"plan-gms: {ds} {plans}: configuration {name} (inherits {source}, patch size {patch}, data in {data_dir.name})")
+    print(f"next: export nnUNet_ext_vae=/path/to/vae && nnUNetv2_train {dataset} {name} 0 -tr nnUNetTrainerGMS")
+    return p["configurations"][name]

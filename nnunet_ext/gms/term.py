@@ -1,0 +1,22 @@
+"""``LatentMSETerm``: GMS's latent loss, MSE(predicted mask latent, VAE latent of the true mask), summed over the
+three heads the loss uses (weight 1, METHODS.md section 2). The mask latents come from the train step
+(``StepState.extras["mask_latent"]``)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch.nn.functional as F
+
+from nnunet_ext.core.loss_terms import LossTerm, StepState, WeightedTerm
+from nnunet_ext.gms.network import USED_LEVELS
+
+
+class LatentMSETerm(LossTerm):
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = float(weight)
+
+    def forward(self, state: StepState) -> Dict[str, WeightedTerm]:
+        z = state.extras["mask_latent"]
+        value = sum(F.mse_loss(state.output["latents"][lv].float(), z.float()) for lv in USED_LEVELS)
+        return {"latent_mse": WeightedTerm(value, self.weight)}
