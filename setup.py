@@ -26,6 +26,7 @@ setup(
         "pandas",
         "diffusers>=0.30",   # frozen VAEs (AutoencoderKL, TAESD as AutoencoderTiny): GMS, S2S2, STEGO
         "safetensors",
+        "timm",              # ViT backbones for STEGO (built locally, weights from a local file)
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["nnunet-ext=nnunet_ext.cli:main"]},
