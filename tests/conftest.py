@@ -70,3 +70,20 @@ def dataset2d(nnunet_dirs, nnunet_env):
     folder = generate_dataset_2d(str(nnunet_dirs["raw"]), DS2D, num_train=10, num_test=2, seed=2)
     run_cli("nnUNetv2_plan_and_preprocess", ["-d", DS2D, "-c", "2d", "-npfp", 1, "-np", 1], nnunet_env)
     return {"id": DS2D, "raw": Path(folder), "name": Path(folder).name}
+
+
+def foreground_dice_2d(pred_dir: Path, labels_dir: Path, labels=(0, 1, 2)):
+    """Per case (PNG label maps): foreground Dice of the prediction in ``pred_dir`` and the Dice a random labelling
+    with the true foreground share would get (its expected value = that share). Checks shapes and label values."""
+    import numpy as np
+    from PIL import Image
+
+    dice, chance = [], []
+    for ref_path in sorted(Path(labels_dir).glob("*.png")):
+        pred, ref = np.asarray(Image.open(Path(pred_dir) / ref_path.name)), np.asarray(Image.open(ref_path))
+        assert pred.shape == ref.shape and set(np.unique(pred)) <= set(labels), ref_path.name
+        fg_p, fg_r = pred > 0, ref > 0
+        dice.append(2 * (fg_p & fg_r).sum() / max(fg_p.sum() + fg_r.sum(), 1))
+        chance.append(fg_r.mean())
+    assert dice, f"no reference labels in {labels_dir}"
+    return dice, chance

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED, run_cli
+from conftest import SHARED, foreground_dice_2d, run_cli
 
 from nnunet_ext.core.vae import VAE_ENV, load_vae
 from nnunet_ext.gms.mapping import LatentMappingModel
@@ -74,8 +74,6 @@ def gms_env(dataset2d, nnunet_env):
 
 
 def test_gms_trains_and_predicts_above_chance(gms_env, dataset2d, nnunet_dirs, tmp_path):
-    from PIL import Image
-
     run_cli("nnUNetv2_train", [dataset2d["id"], "gms_2d", 0, "-tr", "nnUNetTrainerGMS_tiny", "-device", "cpu"], gms_env)
     fold = Path(nnunet_dirs["results"]) / dataset2d["name"] / "nnUNetTrainerGMS_tiny__nnUNetPlans__gms_2d" / "fold_0"
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -86,13 +84,7 @@ def test_gms_trains_and_predicts_above_chance(gms_env, dataset2d, nnunet_dirs, t
     run_cli("nnUNetv2_predict", ["-i", dataset2d["raw"] / "imagesTs", "-o", out, "-d", dataset2d["id"], "-c", "gms_2d",
                                  "-f", 0, "-tr", "nnUNetTrainerGMS_tiny", "-device", "cpu", "--disable_tta",
                                  "-npp", 1, "-nps", 1], gms_env)
-    dice, chance = [], []
-    for ref_path in sorted((dataset2d["raw"] / "labelsTs").glob("*.png")):
-        pred, ref = np.asarray(Image.open(out / ref_path.name)), np.asarray(Image.open(ref_path))
-        assert pred.shape == ref.shape and set(np.unique(pred)) <= {0, 1, 2}
-        fg_p, fg_r = pred > 0, ref > 0
-        dice.append(2 * (fg_p & fg_r).sum() / max(fg_p.sum() + fg_r.sum(), 1))
-        chance.append(fg_r.mean())
+    dice, chance = foreground_dice_2d(out, dataset2d["raw"] / "labelsTs")
     assert np.mean(dice) > 3 * np.mean(chance), (dice, chance)
 
 
