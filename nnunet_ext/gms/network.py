@@ -35,15 +35,8 @@ from nnunet_ext.errors import UserError
 from nnunet_ext.gms.mapping import LatentMappingModel
 
 USED_LEVELS = ("out", "level1", "level2")
-UNIT_RANGE_SCHEMES = ("RGBTo0_1Normalization", "RescaleTo01Normalization")
-
-
 class VAEChangedError(UserError):
     """The VAE differs from the one the model was trained with."""
-
-
-def intensity_mode(normalization_schemes) -> str:
-    return "unit" if all(s in UNIT_RANGE_SCHEMES for s in normalization_schemes) else "zscore"
 
 
 class GMSNetwork(nn.Module):

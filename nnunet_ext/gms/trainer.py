@@ -21,7 +21,8 @@ from nnunet_ext.core.loss_terms import LossTerm
 from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.core.trainer import nnUNetTrainerExt
 from nnunet_ext.errors import UserError
-from nnunet_ext.gms.network import GMSDiceLoss, GMSNetwork, intensity_mode, onehot_foreground
+from nnunet_ext.core.intensity import intensity_mode
+from nnunet_ext.gms.network import GMSDiceLoss, GMSNetwork, onehot_foreground
 from nnunet_ext.gms.term import LatentMSETerm
 
 
