@@ -16,7 +16,7 @@ COMMON = {"--source", "--id", "--name", "--output", "--overwrite", "--num-proces
 
 def test_registry_interface():
     assert set(CONVERTERS) == {"gms", "kvasir_seg", "cvc_clinicdb", "synapse", "acdc", "acdc_h5", "la2018", "msd",
-                               "msd_flat", "flare22"}
+                               "msd_flat", "flare22", "stego"}
     root = argparse.ArgumentParser()
     sub = root.add_subparsers(dest="cmd")
     for name, conv in CONVERTERS.items():

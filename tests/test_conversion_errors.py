@@ -36,7 +36,7 @@ def _one_error_line(err, verb):
 
 def test_every_verb_is_tested():
     assert VERBS == ["acdc", "acdc_h5", "cvc_clinicdb", "flare22", "gms", "kvasir_seg", "la2018", "msd", "msd_flat",
-                     "synapse"]
+                     "stego", "synapse"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

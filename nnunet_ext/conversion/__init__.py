@@ -27,10 +27,11 @@ from .la2018 import LA2018, convert_la2018
 from .msd import MSD, MSD_FLAT, convert_msd, convert_msd_flat
 from .polyp import CVC_CLINICDB, KVASIR_SEG, convert_cvc_clinicdb, convert_kvasir_seg
 from .splits import SplitPlan, install_split
+from .stego import STEGO, convert_stego
 from .synapse import SYNAPSE, convert_synapse
 
 CONVERTERS: Dict[str, Converter] = {
-    c.name: c for c in (GMS, KVASIR_SEG, CVC_CLINICDB, SYNAPSE, ACDC, ACDC_H5, LA2018, MSD, MSD_FLAT, FLARE22)
+    c.name: c for c in (GMS, KVASIR_SEG, CVC_CLINICDB, SYNAPSE, ACDC, ACDC_H5, LA2018, MSD, MSD_FLAT, FLARE22, STEGO)
 }
 
 __all__ = [
@@ -39,5 +40,5 @@ __all__ = [
     "BadCaseError", "CorruptFileError", "CaseDataError",
     "SplitPlan", "Case", "DatasetInfo", "build_dataset", "prepare_target",
     "convert_gms", "convert_kvasir_seg", "convert_cvc_clinicdb", "convert_synapse", "convert_acdc",
-    "convert_acdc_h5", "convert_la2018", "convert_msd", "convert_msd_flat", "convert_flare22",
+    "convert_acdc_h5", "convert_la2018", "convert_msd", "convert_msd_flat", "convert_flare22", "convert_stego",
 ]
