@@ -319,6 +319,17 @@ def _evaluate_case(task: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- folders
+def _refuse_placeholder_labels(dj: dict | None, gt_dir: Path) -> None:
+    """Placeholder labels (an images-only dataset, ``nnunet-ext convert stego``) are never evaluated against:
+    checked in the given dataset.json and in the one beside ``gt_dir`` (``labelsTr``/``labelsTs``)."""
+    from nnunet_ext.conversion.stego import check_real_labels
+
+    near = gt_dir.parent / "dataset.json"
+    for d in (dj, _load_json_file(near) if near.is_file() else None):
+        if d is not None:
+            check_real_labels(d, f"evaluate {gt_dir}")
+
+
 def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes=None, out_dir=None,
                      file_ending=None, dataset_json=None, progress=True, *, allow_missing=False) -> dict:
     """Evaluate every reference in ``gt_dir`` against the prediction of the same name in ``pred_dir``.
@@ -348,6 +359,7 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
         if not d.is_dir():
             raise EvaluationError(f"{what} {d} does not exist or is not a folder")
     dj = load_dataset_json(dataset_json)
+    _refuse_placeholder_labels(dj, gt_dir)
     if isinstance(tolerance, str):  # the CLI's forms ("1", "1=2.0,2=1.5", JSON) work here too
         tolerance = parse_tolerance(tolerance)
     if file_ending is None:
