@@ -197,3 +197,39 @@ def generate_dataset_2d(raw_root: str, dataset_id: int, name: str = "Phantom2D",
     write_dataset_json(folder, {0: "R", 1: "G", 2: "B"}, {"background": 0, "blob": 1, "satellite": 2}, num_train,
                        ".png", name=name, description="nnunet_ext synthetic 2D RGB phantom", licence="CC0 (generated)")
     return folder
+
+
+def make_texture_2d(rng: np.random.Generator, shape=(48, 48)):
+    """One 2D grey image where each class has its own texture (for unsupervised segmentation): background = smooth
+    mid-grey with fine noise, label 1 = a blob of high-contrast stripes (period 4 px, random orientation).
+    Returns ``(image uint8 (y, x), label uint8)``."""
+    h, w = shape
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
+    ry, rx = rng.uniform(0.28, 0.38) * h, rng.uniform(0.28, 0.38) * w
+    d = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.3 * _smooth_noise(rng, shape, 3.0)
+    label = (d <= 1).astype(np.uint8)
+    ang = rng.uniform(0, np.pi)
+    stripes = 0.5 + 0.45 * np.sign(np.sin(2 * np.pi * (np.cos(ang) * xx + np.sin(ang) * yy) / 4.0))
+    background = 0.35 + 0.08 * _smooth_noise(rng, shape, 4.0)
+    img = np.where(label == 1, stripes, background) + 0.03 * rng.standard_normal(shape)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8), label
+
+
+def generate_texture_dataset_2d(raw_root: str, dataset_id: int, name: str = "Texture2D", num_train: int = 12,
+                                num_test: int = 0, shape: Sequence[int] = (48, 48), seed: int = 0) -> str:
+    """Write a synthetic 2D grey PNG dataset with one texture per class (``make_texture_2d``), for STEGO."""
+    from PIL import Image
+
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    rng = np.random.default_rng(seed)
+
+    def write_case(split, case):
+        img, seg = make_texture_2d(rng, tuple(shape))
+        Image.fromarray(img).save(os.path.join(folder, f"images{split}/{case}_0000.png"))
+        Image.fromarray(seg).save(os.path.join(folder, f"labels{split}/{case}.png"))
+
+    _write_cases(folder, name, {"Tr": num_train, "Ts": num_test}, write_case)
+    write_dataset_json(folder, {0: "grey"}, {"background": 0, "stripes": 1}, num_train, ".png", name=name,
+                       description="nnunet_ext synthetic 2D texture phantom", licence="CC0 (generated)")
+    return folder

@@ -96,6 +96,28 @@ class FrozenBackbone(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
+def weights_checksum(weights: Optional[str] = None) -> str:
+    """SHA-256 of a weights file (or of a weights folder's files, as for VAEs); names the weights a model used."""
+    import hashlib
+
+    path = _weights_path(weights)
+    if path.is_dir():
+        from nnunet_ext.core.vae import checksum
+        return checksum(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def backbone_tag(name: str) -> str:
+    """A folder-safe name of a registry entry (``timm:vit_small_patch8_224`` -> ``timm_vit_small_patch8_224``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
 def build_backbone(name: str, weights: Optional[str] = None, unit_range: bool = False, **timm_kwargs) -> FrozenBackbone:
     """The frozen backbone ``name`` (see the registry) with local ``weights`` (default ``$nnUNet_ext_backbone``)."""
     path = _weights_path(weights)

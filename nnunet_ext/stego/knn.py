@@ -3,6 +3,8 @@ average-pooled over space and L2-normalised; cosine similarity to every other im
 the image itself), the positive drawn from ranks 1..7."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -12,14 +14,21 @@ def pooled_descriptor(feats: torch.Tensor) -> torch.Tensor:
     return F.normalize(feats.float().mean(dim=(2, 3)), dim=1)
 
 
-def top_neighbours(descriptors: torch.Tensor, k: int = 30, block: int = 1024) -> torch.Tensor:
-    """Indices (N, min(k, N)) of each descriptor's most similar descriptors (itself first), in blocks of rows."""
+def top_neighbours(descriptors: torch.Tensor, k: int = 30, block: int = 1024,
+                   groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Indices (N, min(k, N)) of each descriptor's most similar descriptors (itself first), in blocks of rows.
+
+    ``groups`` (N,): images of the same group other than the image itself are ranked last (slices of one volume
+    are near-duplicates of each other, so their neighbours are looked for in the other volumes)."""
     d = F.normalize(descriptors.float(), dim=1)
     k = min(k, d.shape[0])
+    g = None if groups is None else torch.as_tensor(groups)
     out = []
     for s in range(0, d.shape[0], block):
         sim = d[s:s + block] @ d.T
         rows = torch.arange(s, min(s + block, d.shape[0]))
+        if g is not None:
+            sim[g[rows][:, None] == g[None, :]] = -3.0  # below any cosine similarity
         sim[torch.arange(len(rows)), rows] = float("inf")  # itself at rank 0, whatever ties exist
         out.append(sim.topk(k, dim=1).indices)
     return torch.cat(out)
