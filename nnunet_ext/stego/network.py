@@ -73,9 +73,10 @@ class STEGONetwork(nn.Module):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return self.backbone.features(x)
 
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Head codes at feature resolution; in evaluation averaged with those of the flipped patch."""
-        code = self.head(self.features(x))[1]
+    def codes(self, x: torch.Tensor, feats: torch.Tensor = None) -> torch.Tensor:
+        """Head codes at feature resolution; in evaluation averaged with those of the flipped patch (``feats``:
+        the backbone features of ``x`` if already computed)."""
+        code = self.head(self.features(x) if feats is None else feats)[1]
         if not self.training and self.flip_average:
             code = (code + self.head(self.features(x.flip(-1)))[1].flip(-1)) / 2
         return code
