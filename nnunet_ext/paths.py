@@ -67,6 +67,39 @@ def resolve_dataset_name(dataset, error=None) -> str:
     return found.pop()
 
 
+class PreprocessedConfiguration:
+    """One configuration of a dataset's preprocessed data: ``name`` (DatasetXXX_Name), ``folder`` (its
+    $nnUNet_preprocessed folder), ``plans_manager``, ``configuration_manager``, ``data_dir`` and ``cases``.
+
+    Missing plans, configuration or preprocessed cases raise ``error`` (default ``UserError``) naming the
+    nnU-Net command that makes them."""
+
+    def __init__(self, dataset, configuration: str, plans: str = "nnUNetPlans", error=None):
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from nnunet_ext.errors import UserError
+        error = error or UserError
+        self.name = resolve_dataset_name(dataset, error)
+        self.folder = nnunet_folder("nnUNet_preprocessed", error) / self.name
+        plans_file = self.folder / f"{plans}.json"
+        if not plans_file.is_file():
+            raise error(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration} "
+                        f"first")
+        self.plans_manager = PlansManager(load_json(str(plans_file)))
+        if configuration not in self.plans_manager.available_configurations:
+            raise error(f"configuration {configuration!r} is not in {plans_file} "
+                        f"({', '.join(self.plans_manager.available_configurations)})")
+        self.configuration_manager = self.plans_manager.get_configuration(configuration)
+        self.data_dir = self.folder / self.configuration_manager.data_identifier
+        self.cases = sorted(infer_dataset_class(str(self.data_dir)).get_identifiers(str(self.data_dir))) \
+            if self.data_dir.is_dir() else []
+        if not self.cases:
+            raise error(f"no preprocessed cases in {self.data_dir}: run nnUNetv2_plan_and_preprocess -d {dataset} "
+                        f"-c {configuration} first")
+
+
 def link_or_copy(src, dst) -> None:
     """Hard-link ``src`` to ``dst`` (a copy across file systems), atomically; an existing ``dst`` is kept."""
     import shutil

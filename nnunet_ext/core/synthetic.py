@@ -180,23 +180,31 @@ def generate_dataset_3d(raw_root: str, dataset_id: int, name: str = "Phantom3D",
     return folder
 
 
-def generate_dataset_2d(raw_root: str, dataset_id: int, name: str = "Phantom2D", num_train: int = 10,
-                        num_test: int = 0, shape: Sequence[int] = (64, 64), seed: int = 0) -> str:
-    """Write a synthetic 2D RGB dataset as PNG (nnU-Net's natural-image reader: RGB = 3 channels)."""
+def _png_dataset(raw_root: str, dataset_id: int, name: str, num_train: int, num_test: int, seed: int, make_case,
+                 channel_names: dict, labels: dict, description: str) -> str:
+    """Write ``make_case(rng) -> (image uint8, label uint8)`` cases as PNG (nnU-Net's natural-image reader)."""
     from PIL import Image
 
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     rng = np.random.default_rng(seed)
 
     def write_case(split, case):
-        img, seg = make_phantom_2d(rng, tuple(shape))
+        img, seg = make_case(rng)
         Image.fromarray(img).save(os.path.join(folder, f"images{split}/{case}_0000.png"))
         Image.fromarray(seg).save(os.path.join(folder, f"labels{split}/{case}.png"))
 
     _write_cases(folder, name, {"Tr": num_train, "Ts": num_test}, write_case)
-    write_dataset_json(folder, {0: "R", 1: "G", 2: "B"}, {"background": 0, "blob": 1, "satellite": 2}, num_train,
-                       ".png", name=name, description="nnunet_ext synthetic 2D RGB phantom", licence="CC0 (generated)")
+    write_dataset_json(folder, channel_names, labels, num_train, ".png", name=name, description=description,
+                       licence="CC0 (generated)")
     return folder
+
+
+def generate_dataset_2d(raw_root: str, dataset_id: int, name: str = "Phantom2D", num_train: int = 10,
+                        num_test: int = 0, shape: Sequence[int] = (64, 64), seed: int = 0) -> str:
+    """Write a synthetic 2D RGB dataset as PNG (nnU-Net's natural-image reader: RGB = 3 channels)."""
+    return _png_dataset(raw_root, dataset_id, name, num_train, num_test, seed,
+                        lambda rng: make_phantom_2d(rng, tuple(shape)), {0: "R", 1: "G", 2: "B"},
+                        {"background": 0, "blob": 1, "satellite": 2}, "nnunet_ext synthetic 2D RGB phantom")
 
 
 def make_texture_2d(rng: np.random.Generator, shape=(48, 48)):
@@ -219,17 +227,6 @@ def make_texture_2d(rng: np.random.Generator, shape=(48, 48)):
 def generate_texture_dataset_2d(raw_root: str, dataset_id: int, name: str = "Texture2D", num_train: int = 12,
                                 num_test: int = 0, shape: Sequence[int] = (48, 48), seed: int = 0) -> str:
     """Write a synthetic 2D grey PNG dataset with one texture per class (``make_texture_2d``), for STEGO."""
-    from PIL import Image
-
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
-    rng = np.random.default_rng(seed)
-
-    def write_case(split, case):
-        img, seg = make_texture_2d(rng, tuple(shape))
-        Image.fromarray(img).save(os.path.join(folder, f"images{split}/{case}_0000.png"))
-        Image.fromarray(seg).save(os.path.join(folder, f"labels{split}/{case}.png"))
-
-    _write_cases(folder, name, {"Tr": num_train, "Ts": num_test}, write_case)
-    write_dataset_json(folder, {0: "grey"}, {"background": 0, "stripes": 1}, num_train, ".png", name=name,
-                       description="nnunet_ext synthetic 2D texture phantom", licence="CC0 (generated)")
-    return folder
+    return _png_dataset(raw_root, dataset_id, name, num_train, num_test, seed,
+                        lambda rng: make_texture_2d(rng, tuple(shape)), {0: "grey"}, {"background": 0, "stripes": 1},
+                        "nnunet_ext synthetic 2D texture phantom")

@@ -40,27 +40,14 @@ def generate_stack(dataset, configuration: str, k: int = 16, generator: str = "g
                    preview_cases: int = 4) -> Path:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from tqdm import tqdm
 
-    from nnunet_ext.paths import nnunet_folder, resolve_dataset_name
+    from nnunet_ext.paths import PreprocessedConfiguration
 
     if k < 1:
         raise S2S2Error(f"-k must be at least 1, got {k}")
-    name = resolve_dataset_name(dataset, S2S2Error)
-    pre = nnunet_folder("nnUNet_preprocessed", S2S2Error) / name
-    plans_file = pre / f"{plans}.json"
-    if not plans_file.is_file():
-        raise S2S2Error(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration} first")
-    pm = PlansManager(load_json(str(plans_file)))
-    if configuration not in pm.available_configurations:
-        raise S2S2Error(f"configuration {configuration!r} is not in {plans_file} ({', '.join(pm.available_configurations)})")
-    cm = pm.get_configuration(configuration)
-    data_dir = pre / cm.data_identifier
-    cases = nnUNetDatasetBlosc2.get_identifiers(str(data_dir)) if data_dir.is_dir() else []
-    if not cases:
-        raise S2S2Error(f"no preprocessed cases in {data_dir}: run nnUNetv2_plan_and_preprocess -d {dataset} "
-                        f"-c {configuration} first")
+    prep = PreprocessedConfiguration(dataset, configuration, plans, S2S2Error)
+    name, pre, cm, data_dir, cases = prep.name, prep.folder, prep.configuration_manager, prep.data_dir, prep.cases
     gen = make_generator(generator, seed)
     out = stack_folder(pre, cm.data_identifier, generator)
     out.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def write_examples(trainer, path: str, n: int = 4) -> None:
             ax.imshow(p, cmap="gray" if c == 0 else "tab10", vmin=None if c == 0 else 0,
                       vmax=None if c == 0 else max(k - 1, 1), interpolation="nearest")
             if r == 0:
-                ax.set_title(titles[c])
+                ax.set_title(titles[c], fontsize=9)
         axes[r][0].set_ylabel(case)
         axes[r][0].text(2, 2, case, color="yellow", fontsize=8, va="top")
     fig.tight_layout()

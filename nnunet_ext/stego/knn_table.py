@@ -68,32 +68,17 @@ def compute_knn_table(dataset, configuration: str, plans: str = "nnUNetPlans", t
                       batch_size: int = 32, k: int = K_NEIGHBOURS, same_case: bool = False,
                       device: str = "cpu", progress: bool = True) -> Path:
     """Compute (or finish) the kNN table of ``dataset``'s ``configuration`` for the backbone of ``trainer``."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from tqdm import tqdm
 
     from nnunet_ext.core.intensity import intensity_mode
-    from nnunet_ext.paths import nnunet_folder, resolve_dataset_name
+    from nnunet_ext.paths import PreprocessedConfiguration
 
-    name = resolve_dataset_name(dataset, KNNTableError)
-    base = nnunet_folder("nnUNet_preprocessed", KNNTableError) / name
-    plans_file = base / f"{plans}.json"
-    if not plans_file.is_file():
-        raise KNNTableError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration}")
-    pm = PlansManager(load_json(str(plans_file)))
-    try:
-        cm = pm.get_configuration(configuration)
-    except Exception:
-        raise KNNTableError(f"{plans_file} has no configuration {configuration!r}") from None
+    prep = PreprocessedConfiguration(dataset, configuration, plans, KNNTableError)
+    name, base, cm, data_dir, cases = prep.name, prep.folder, prep.configuration_manager, prep.data_dir, prep.cases
     if len(cm.patch_size) != 2:
         raise KNNTableError(f"STEGO is a 2D method: use a 2D configuration (e.g. -c 2d), not {configuration!r}")
-    data_dir = base / cm.data_identifier
-    cases = sorted(infer_dataset_class(str(data_dir)).get_identifiers(str(data_dir))) if data_dir.is_dir() else []
-    if not cases:
-        raise KNNTableError(f"no preprocessed cases in {data_dir}: run nnUNetv2_plan_and_preprocess -d {dataset} "
-                            f"-c {configuration}")
     try:
         tr_class = recursive_find_trainer_class_by_name(trainer)
     except RuntimeError:
