@@ -13,3 +13,21 @@ def unwrap_network(network: nn.Module) -> nn.Module:
             network = network.module
         else:
             return network
+
+
+class FrozenModelNetwork(nn.Module):
+    """A network that uses a frozen pretrained model without owning it (a VAE, a backbone): ``attach_frozen``
+    keeps the model out of ``parameters()`` (never in the optimiser) and out of the state dict (never in the
+    checkpoint), while ``.to()``, ``.cuda()`` and ``.half()`` still move it along with the network."""
+
+    def attach_frozen(self, model: nn.Module) -> None:
+        object.__setattr__(self, "_frozen_model", model)  # not a submodule
+
+    @property
+    def frozen_model(self) -> nn.Module:
+        return self._frozen_model
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._frozen_model._apply(fn, *args, **kwargs)
+        return self

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_ext.core.network import FrozenModelNetwork
 from nnunet_ext.core.vae import VAE_ENV, FrozenVAE, checksum
 from nnunet_ext.errors import UserError
 from nnunet_ext.gms.mapping import LatentMappingModel
@@ -39,7 +40,7 @@ class VAEChangedError(UserError):
     """The VAE differs from the one the model was trained with."""
 
 
-class GMSNetwork(nn.Module):
+class GMSNetwork(FrozenModelNetwork):
     def __init__(self, vae: FrozenVAE, num_classes: int, in_channels: int, intensity: str = "zscore",
                  width: int = 32, posterior_p: float = 0.5):
         super().__init__()
@@ -50,17 +51,12 @@ class GMSNetwork(nn.Module):
         self.in_channels, self.intensity, self.posterior_p = in_channels, intensity, posterior_p
         lc = vae.latent_channels
         self.mapping = LatentMappingModel(lc, lc * self.num_fg, width)
-        object.__setattr__(self, "_vae", vae)  # not a submodule: no parameters, no state dict entries
+        self.attach_frozen(vae)
         self._vae_checksum = checksum(vae.folder)
 
     @property
     def vae(self) -> FrozenVAE:
-        return self._vae
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half() move the VAE along
-        super()._apply(fn, *args, **kwargs)
-        self._vae._apply(fn, *args, **kwargs)
-        return self
+        return self.frozen_model
 
     # ---- the frozen VAE ----------------------------------------------------------------------------
     def to_vae_range(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,8 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from nnunet_ext.core.network import FrozenModelNetwork
 from nnunet_ext.errors import UserError
 from nnunet_ext.stego.backbone import BACKBONE_ENV, FrozenBackbone
 from nnunet_ext.stego.head import STEGOHead
@@ -40,7 +40,7 @@ class BackboneChangedError(UserError):
     """The backbone weights differ from the ones the model was trained with."""
 
 
-class STEGONetwork(nn.Module):
+class STEGONetwork(FrozenModelNetwork):
     def __init__(self, backbone: FrozenBackbone, n_clusters: int, in_channels: int, dim: int = 70,
                  dropout: float = 0.1, backbone_name: str = "", backbone_checksum: str = "",
                  flip_average: bool = True):
@@ -52,17 +52,12 @@ class STEGONetwork(nn.Module):
         self.head = STEGOHead(backbone.channels, dim, dropout)
         self.probe = ClusterProbe(dim, n_clusters)
         self.register_buffer("cluster_of_label", torch.arange(n_clusters))
-        object.__setattr__(self, "_backbone", backbone)  # not a submodule: no parameters, no state dict entries
+        self.attach_frozen(backbone)
         self.backbone_name, self.backbone_checksum = backbone_name, backbone_checksum
 
     @property
     def backbone(self) -> FrozenBackbone:
-        return self._backbone
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half() move the backbone along
-        super()._apply(fn, *args, **kwargs)
-        self._backbone._apply(fn, *args, **kwargs)
-        return self
+        return self.frozen_model
 
     # ---- features and codes ----------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
