@@ -20,7 +20,7 @@ getting started:
 #: modules that add verbs to ``nnunet-ext`` through ``register(subparsers)`` (imported at start: keep them light)
 TOOL_MODULES = ("nnunet_ext.evaluation.cli", "nnunet_ext.robustness.cli", "nnunet_ext.benchmark.cli",
                 "nnunet_ext.unlabeled.cli", "nnunet_ext.s2s2.cli", "nnunet_ext.gms.cli",
-                "nnunet_ext.stego.cli", "nnunet_ext.stego.crf_cli")
+                "nnunet_ext.stego.cli", "nnunet_ext.stego.crf_cli", "nnunet_ext.flare22.cli")
 
 
 def _trainer_classes():

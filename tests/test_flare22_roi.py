@@ -45,3 +45,18 @@ def test_crop_and_paste_round_trip():
     part = vol[roi.slices(vol.shape)]
     back = paste(vol.shape, part, roi, background=-1)
     assert np.array_equal(back[roi.slices(vol.shape)], part) and (back == -1).sum() == vol.size - part.size
+
+
+def test_box_on_a_preprocessed_grid_maps_back_to_original_voxels():
+    from nnunet_ext.flare22.roi import box_in_original
+
+    # original (x=40, y=60, z=20) volume, transposed (2, 0, 1) -> (20, 40, 60), cropped to non-zero at
+    # [[2, 18], [0, 40], [10, 50]] (16 x 40 x 40), resampled by a factor 1/2 to an (8, 20, 20) grid
+    props = {"shape_after_cropping_and_before_resampling": (16, 40, 40),
+             "bbox_used_for_cropping": [[2, 18], [0, 40], [10, 50]]}
+    box = box_in_original([[1, 3], [5, 6], [0, 20]], (8, 20, 20), props, (2, 0, 1))
+    # transposed axis 0 = original z: grid 1..3 -> crop 2..6 -> +2; axis 1 = original x: 10..12; axis 2 = y: 0..40 +10
+    assert box == [[10, 12], [10, 50], [4, 8]]
+    # a non-integer scale rounds outwards, never beyond the crop
+    props = {"shape_after_cropping_and_before_resampling": (10, 10, 10), "bbox_used_for_cropping": [[0, 10]] * 3}
+    assert box_in_original([[1, 2], [0, 3], [2, 3]], (3, 3, 3), props, (0, 1, 2)) == [[3, 7], [0, 10], [6, 10]]

@@ -26,11 +26,14 @@ above the bottleneck, the last decoder stage is at full resolution, as in ``UNet
   output, i.e. the same tensor as ``encoder.{i}.last``.
 - ``decoder.{i}.first`` / ``decoder.{i}.last`` / ``decoder.{i}``: likewise for decoder stages.
 - ``decoder.final``: the last decoder feature, the input of the segmentation head.
+
+A module that holds several U-Nets (CPS's ``CPSNetworkPair``: ``net_a``, ``net_b``) is tapped with names
+prefixed by the dotted path of the sub-network: ``net_a.encoder.1`` is ``encoder.1`` of ``network.net_a``.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -89,6 +92,41 @@ def tap_points(network: nn.Module) -> "OrderedDict[str, nn.Module]":
     return points
 
 
+def split_network_path(name: str) -> Tuple[str, str]:
+    """``("net_a", "encoder.1")`` for the tap name ``net_a.encoder.1``; ``("", name)`` for an unprefixed name."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part in ("encoder", "decoder"):
+            return ".".join(parts[:i]), ".".join(parts[i:])
+    return "", name
+
+
+def resolve_tap_points(network: nn.Module, names: Iterable[str]) -> "OrderedDict[str, nn.Module]":
+    """The module of every tap name in ``names`` (prefixed names reach sub-networks, see the module docstring).
+
+    Raises ``KeyError`` naming the unknown names and the available ones, ``UntappableNetworkError`` for a
+    (sub-)network that is not a supported U-Net.
+    """
+    net, names = unwrap_network(network), list(names)
+    by_prefix: Dict[str, "OrderedDict[str, nn.Module]"] = {}
+    points: "OrderedDict[str, nn.Module]" = OrderedDict()
+    for name in names:
+        prefix, rest = split_network_path(name)
+        if prefix not in by_prefix:
+            try:
+                sub = net.get_submodule(prefix) if prefix else net
+            except AttributeError:
+                sub = None
+            by_prefix[prefix] = tap_points(sub) if sub is not None else OrderedDict()
+        if rest in by_prefix[prefix]:
+            points[name] = by_prefix[prefix][rest]
+    unknown = [n for n in names if n not in points]
+    if unknown:
+        available = [f"{p}.{k}" if p else k for p, pts in by_prefix.items() for k in pts]
+        raise KeyError(f"unknown feature tap(s) {unknown} for {type(net).__name__}; available: {available}")
+    return points
+
+
 def stage_block_names(network: nn.Module, parts: Sequence[str] = ("encoder", "decoder")) -> List[str]:
     """``[<part>.<i>.first, <part>.<i>.last, ...]`` for every stage, in forward order.
 
@@ -121,11 +159,7 @@ class FeatureTaps:
 
     def __init__(self, network: nn.Module, names: Iterable[str]):
         self.names = list(dict.fromkeys(names))
-        points = tap_points(network) if self.names else {}
-        unknown = [n for n in self.names if n not in points]
-        if unknown:
-            raise KeyError(f"unknown feature tap(s) {unknown} for {type(unwrap_network(network)).__name__}; "
-                           f"available: {list(points)}")
+        points = resolve_tap_points(network, self.names)
         self._store: Dict[str, torch.Tensor] = {}
         self._handles = []
         by_module: Dict[int, List[str]] = {}

@@ -148,6 +148,31 @@ def _write_cases(folder: str, name: str, counts, write_case) -> None:
             write_case(split, f"{name.lower()}_{split.lower()}{i:03d}")
 
 
+def _nifti_cases(raw_root: str, dataset_id: int, name: str, counts: dict, seed: int, make_case, spacing,
+                 origin_range: float) -> str:
+    """Write ``make_case(rng) -> (image, label)`` (z, y, x) cases as NIfTI with ``spacing`` (z, y, x) and a random
+    origin in +-``origin_range`` mm; returns the dataset folder (``dataset.json`` is the caller's)."""
+    import SimpleITK as sitk
+
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    rng = np.random.default_rng(seed)
+
+    def write_case(split, case):
+        img, seg = make_case(rng)
+        origin = tuple(float(v) for v in rng.uniform(-origin_range, origin_range, 3))
+        files = [(img, f"images{split}/{case}_0000.nii.gz")]
+        if split != "Unlabeled":
+            files.append((seg, f"labels{split}/{case}.nii.gz"))
+        for arr, path in files:
+            im = sitk.GetImageFromArray(arr)
+            im.SetSpacing(tuple(float(v) for v in spacing[::-1]))  # sitk is (x, y, z)
+            im.SetOrigin(origin)
+            sitk.WriteImage(im, os.path.join(folder, path))
+
+    _write_cases(folder, name, counts, write_case)
+    return folder
+
+
 def generate_dataset_3d(raw_root: str, dataset_id: int, name: str = "Phantom3D", num_train: int = 10,
                         num_test: int = 0, spec: PhantomSpec = None, seed: int = 0, num_unlabeled: int = 0) -> str:
     """Write a synthetic 3D MRI-like dataset (NIfTI, anisotropic spacing, 2 foreground labels).
@@ -155,25 +180,9 @@ def generate_dataset_3d(raw_root: str, dataset_id: int, name: str = "Phantom3D",
     Test cases (if any) go to ``imagesTs``/``labelsTs``, unlabelled cases (if any) to ``imagesUnlabeled``
     (images only). ``spec`` defaults to ``TEST_SPEC``. Returns the dataset folder.
     """
-    import SimpleITK as sitk
-
     spec = spec or TEST_SPEC
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
-    rng = np.random.default_rng(seed)
-
-    def write_case(split, case):
-        img, seg = make_phantom_3d(rng, spec)
-        origin = tuple(float(v) for v in rng.uniform(-50, 50, 3))
-        files = [(img, f"images{split}/{case}_0000.nii.gz")]
-        if split != "Unlabeled":
-            files.append((seg, f"labels{split}/{case}.nii.gz"))
-        for arr, path in files:
-            im = sitk.GetImageFromArray(arr)
-            im.SetSpacing(tuple(float(s) for s in spec.spacing[::-1]))  # sitk is (x, y, z)
-            im.SetOrigin(origin)
-            sitk.WriteImage(im, os.path.join(folder, path))
-
-    _write_cases(folder, name, {"Tr": num_train, "Ts": num_test, "Unlabeled": num_unlabeled}, write_case)
+    folder = _nifti_cases(raw_root, dataset_id, name, {"Tr": num_train, "Ts": num_test, "Unlabeled": num_unlabeled},
+                          seed, lambda rng: make_phantom_3d(rng, spec), spec.spacing, 50.0)
     write_dataset_json(folder, {0: "MRI"}, dict(LABELS), num_train, ".nii.gz",
                        name=name, description="nnunet_ext synthetic hippocampus-like phantom (no real patient data)",
                        licence="CC0 (generated)")
@@ -230,3 +239,52 @@ def generate_texture_dataset_2d(raw_root: str, dataset_id: int, name: str = "Tex
     return _png_dataset(raw_root, dataset_id, name, num_train, num_test, seed,
                         lambda rng: make_texture_2d(rng, tuple(shape)), {0: "grey"}, {"background": 0, "stripes": 1},
                         "nnunet_ext synthetic 2D texture phantom")
+
+
+#: organs of the synthetic abdomen: label -> (name, HU, semi-axes in mm (z, y, x), centre offset in the organ block)
+ABDOMEN_ORGANS = {1: ("liver", 140.0, (14.0, 20.0, 18.0), (0.0, -0.15, -0.2)),
+                  2: ("kidney", 260.0, (9.0, 9.0, 8.0), (0.1, 0.3, 0.35)),
+                  3: ("spleen", 60.0, (9.0, 10.0, 10.0), (-0.2, 0.3, -0.3))}
+
+
+def make_abdomen_3d(rng: np.random.Generator, shape=(24, 64, 64), spacing=(3.0, 2.0, 2.0)):
+    """One CT-like abdomen (HU) with a large background: air around an elliptic body (fat -100 HU, muscle 40 HU)
+    and three organs (``ABDOMEN_ORGANS``) packed in a block that covers a small part of the field of view, at a
+    random place inside the body. Returns ``(image float32, label uint8)``, both (z, y, x)."""
+    shape, sp = np.array(shape), np.array(spacing, dtype=np.float32)
+    zz, yy, xx = np.meshgrid(*[np.arange(s, dtype=np.float32) * d for s, d in zip(shape, sp)], indexing="ij")
+    ext = shape * sp
+    body = ((yy - ext[1] / 2) / (0.45 * ext[1])) ** 2 + ((xx - ext[2] / 2) / (0.47 * ext[2])) ** 2 <= 1
+    img = np.full(tuple(shape), -1000.0, np.float32)
+    img[body] = -100.0
+    muscle = body & ((((yy - ext[1] / 2) / (0.38 * ext[1])) ** 2 + ((xx - ext[2] / 2) / (0.40 * ext[2])) ** 2) <= 1)
+    img[muscle] = 40.0
+    # the organ block: about 45 x 50 x 50 mm, centred at a random place of the inner body
+    block = np.array([45.0, 50.0, 50.0])
+    centre = np.array([rng.uniform(0.35, 0.65) * ext[0], rng.uniform(0.4, 0.6) * ext[1],
+                       rng.uniform(0.4, 0.6) * ext[2]])
+    label = np.zeros(tuple(shape), np.uint8)
+    for value, (_, hu, axes, offset) in ABDOMEN_ORGANS.items():
+        c = centre + np.array(offset) * block + rng.uniform(-2, 2, 3)
+        a = np.array(axes) * rng.uniform(0.85, 1.15, 3)
+        d = ((zz - c[0]) / a[0]) ** 2 + ((yy - c[1]) / a[1]) ** 2 + ((xx - c[2]) / a[2]) ** 2
+        d = d + 0.25 * _smooth_noise(rng, tuple(shape), 2.0)
+        organ = (d <= 1) & muscle
+        label[organ] = value
+        img[organ] = hu + rng.uniform(-10, 10)
+    img = ndimage.gaussian_filter(img, 0.7 / sp) + 15.0 * rng.standard_normal(img.shape).astype(np.float32)
+    return img.astype(np.float32), label
+
+
+def generate_abdomen_dataset_3d(raw_root: str, dataset_id: int, name: str = "Abdomen3D", num_train: int = 10,
+                                num_test: int = 0, shape: Sequence[int] = (24, 64, 64),
+                                spacing: Sequence[float] = (3.0, 2.0, 2.0), seed: int = 0,
+                                num_unlabeled: int = 0) -> str:
+    """Write a synthetic multi-organ CT dataset (``make_abdomen_3d``; NIfTI, channel "CT", 3 organs): the organs
+    fill a small part of each volume, as in abdominal CT, so coarse-to-fine inference has something to save."""
+    folder = _nifti_cases(raw_root, dataset_id, name, {"Tr": num_train, "Ts": num_test, "Unlabeled": num_unlabeled},
+                          seed, lambda rng: make_abdomen_3d(rng, tuple(shape), tuple(spacing)), spacing, 200.0)
+    labels = {"background": 0, **{n: v for v, (n, *_) in ABDOMEN_ORGANS.items()}}
+    write_dataset_json(folder, {0: "CT"}, labels, num_train, ".nii.gz", name=name,
+                       description="nnunet_ext synthetic abdomen CT (no real patient data)", licence="CC0 (generated)")
+    return folder

@@ -57,9 +57,29 @@ def roi_from_mask(mask: np.ndarray, spacing: Sequence[float], margin_mm: float =
         return ROI(None, "the coarse prediction is empty")
     if n < min_voxels:
         return ROI(None, f"the coarse prediction has {n} voxels (< {min_voxels})")
-    box = get_bbox_from_mask(mask)
+    return ROI(grow_box(get_bbox_from_mask(mask), spacing, margin_mm, mask.shape))
+
+
+def grow_box(box, spacing: Sequence[float], margin_mm: float, shape) -> List[List[int]]:
+    """``box`` (half-open, per axis) grown by ``margin_mm`` on every side and clipped to ``shape``."""
     grow = margin_voxels(spacing, margin_mm)
-    return ROI([[max(0, a - g), min(size, b + g)] for (a, b), g, size in zip(box, grow, mask.shape)])
+    return [[max(0, int(a) - g), min(int(size), int(b) + g)] for (a, b), g, size in zip(box, grow, shape)]
+
+
+def box_in_original(box_t, grid_shape_t, properties: dict, transpose_forward: Sequence[int]) -> List[List[int]]:
+    """A box on nnU-Net's preprocessed grid (transposed axes, cropped to non-zero, resampled) as a box of the
+    original image (original axes): each grid voxel covers ``shape_after_cropping_and_before_resampling /
+    grid_shape`` original voxels, offset by nnU-Net's crop (``bbox_used_for_cropping``); rounded outwards."""
+    crop_shape = properties["shape_after_cropping_and_before_resampling"]
+    crop_start = [b[0] for b in properties["bbox_used_for_cropping"]]
+    out_t = []
+    for (a, b), n_grid, n_crop, o in zip(box_t, grid_shape_t, crop_shape, crop_start):
+        scale = n_crop / n_grid
+        out_t.append([o + int(math.floor(a * scale + 1e-6)), o + min(int(n_crop), int(math.ceil(b * scale - 1e-6)))])
+    box = [None] * len(out_t)
+    for j, axis in enumerate(transpose_forward):  # transposed axis j is original axis transpose_forward[j]
+        box[axis] = out_t[j]
+    return box
 
 
 def coarse_roi(seg: np.ndarray, spacing: Sequence[float], labels: Sequence[int],

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier")
     p.add_argument("-np", dest="num_processes", type=int, default=None,
                    help="worker processes (default: $nnUNet_def_n_proc, else 4)")
+    p.add_argument("--roi-masks", dest="roi_masks", default=None, metavar="DIR",
+                   help="coarse-to-fine 3d_fine only: one mask per case (DIR/CASE<file_ending>, e.g. the coarse "
+                        "model's predictions); each case is cropped to its bounding box + the plans' margin")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_preprocess_unlabeled)
 
@@ -67,7 +70,7 @@ def cmd_preprocess_unlabeled(args) -> int:
 
     n = args.num_processes or int(os.environ.get("nnUNet_def_n_proc", 4))
     preprocess_unlabeled(args.dataset, args.configurations, plans=args.plans, num_processes=n,
-                         progress=not args.quiet)
+                         progress=not args.quiet, roi_masks=args.roi_masks)
     return 0
 
 

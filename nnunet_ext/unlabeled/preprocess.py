@@ -7,6 +7,10 @@ cases. Results go to ``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabel
 
 * Streaming: one case per task, results written by the worker, nothing kept in memory but the case at hand.
 * Resumable: a case whose ``.pkl`` exists is done (files are written atomically, the ``.pkl`` last).
+* Coarse-to-fine (``3d_fine`` of ``nnunet-ext plan-c2f``): the fine model only sees regions of interest, so its
+  unlabelled cases are cropped the same way, to the bounding box + margin of a mask per case (``--roi-masks DIR``:
+  ``DIR/CASE<file_ending>``, e.g. the coarse model's predictions of ``imagesUnlabeled``). A case without a mask
+  file is skipped and named.
 * Bad input is named and skipped, never used: a file that does not follow the naming, a case with missing or
   extra channels, an unreadable file, a channel count or geometry the reader rejects. The list goes to
   ``skipped.json`` in the output folder and to the terminal.
@@ -47,13 +51,23 @@ def _load_plans(preprocessed_dir: Path, plans: str, configuration: str):
 _WORKER: dict = {}
 
 
-def _init_worker(plans: dict, configuration: str, dataset_json: dict, out: str) -> None:
+def needs_roi(configuration_manager) -> bool:
+    """True for the fine configuration of coarse-to-fine plans (its cases are cropped to a region of interest)."""
+    return configuration_manager.configuration.get("nnunet_ext", {}).get("c2f") == "fine"
+
+
+def _init_worker(plans: dict, configuration: str, dataset_json: dict, out: str, roi_masks: Optional[str] = None) -> None:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
-    _WORKER.update(pm=pm, cm=cm, dataset_json=dataset_json, out=out,
-                   preprocessor=cm.preprocessor_class(verbose=False))
+    if needs_roi(cm):
+        from nnunet_ext.flare22.preprocess import ROICropPreprocessor
+        preprocessor = ROICropPreprocessor(verbose=False)
+    else:
+        preprocessor = cm.preprocessor_class(verbose=False)
+    _WORKER.update(pm=pm, cm=cm, dataset_json=dataset_json, out=out, preprocessor=preprocessor,
+                   roi_masks=roi_masks if needs_roi(cm) else None)
 
 
 def _preprocess_one(task: Tuple[str, List[str]]) -> Tuple[str, Optional[str]]:
@@ -61,8 +75,13 @@ def _preprocess_one(task: Tuple[str, List[str]]) -> Tuple[str, Optional[str]]:
     case, files = task
     w = _WORKER
     n_channels = len(w["dataset_json"]["channel_names"])
+    mask = None
+    if w.get("roi_masks"):
+        mask = os.path.join(w["roi_masks"], case + w["dataset_json"]["file_ending"])
+        if not os.path.isfile(mask):
+            return case, f"no ROI mask {mask} (the fine configuration crops every case to its mask's bounding box)"
     try:
-        data, _, properties = w["preprocessor"].run_case(files, None, w["pm"], w["cm"], w["dataset_json"])
+        data, _, properties = w["preprocessor"].run_case(files, mask, w["pm"], w["cm"], w["dataset_json"])
     except Exception as e:  # any reader / geometry failure: the case is reported and skipped
         msg = str(e).strip().splitlines()
         return case, f"unreadable or inconsistent ({type(e).__name__}: {msg[0] if msg else ''}); files: " + \
@@ -75,8 +94,11 @@ def _preprocess_one(task: Tuple[str, List[str]]) -> Tuple[str, Optional[str]]:
 
 
 def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNetPlans",
-                         num_processes: int = 4, progress: bool = True) -> Dict[str, dict]:
-    """Preprocess ``imagesUnlabeled`` for each configuration; returns ``{configuration: summary}``."""
+                         num_processes: int = 4, progress: bool = True,
+                         roi_masks: Optional[str] = None) -> Dict[str, dict]:
+    """Preprocess ``imagesUnlabeled`` for each configuration; returns ``{configuration: summary}``.
+    ``roi_masks``: folder of one mask per case, required by (and only used for) a coarse-to-fine fine
+    configuration."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from tqdm import tqdm
 
@@ -96,6 +118,14 @@ def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNe
     summaries = {}
     for configuration in configurations:
         pm, cm = _load_plans(pre_dir, plans, configuration)
+        if needs_roi(cm) and not roi_masks:
+            raise UnlabeledDataError(
+                f"{configuration} is the fine configuration of coarse-to-fine plans: its unlabelled cases are cropped "
+                f"to a region of interest. Give one mask per case with --roi-masks DIR, e.g. the coarse model's "
+                f"predictions: nnUNetv2_predict -i {raw_dir / UNLABELED_DIR} -o DIR -d {dataset} -c "
+                f"{cm.configuration['nnunet_ext'].get('coarse_configuration', '3d_coarse')}")
+        if roi_masks and not os.path.isdir(roi_masks):
+            raise UnlabeledDataError(f"--roi-masks {roi_masks} is not a folder")
         out = unlabeled_folder(pre_dir, cm.data_identifier)
         out.mkdir(parents=True, exist_ok=True)
         skipped_file = out / "skipped.json"
@@ -104,7 +134,7 @@ def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNe
         done_before = len(cases) - len(todo)
         print(f"{name} {configuration}: {len(cases)} unlabelled case(s), {done_before} already preprocessed, "
               f"{len(todo)} to do -> {out}")
-        init = (pm.plans, configuration, dataset_json, str(out))
+        init = (pm.plans, configuration, dataset_json, str(out), roi_masks)
         bar = tqdm(total=len(todo), desc=f"preprocess-unlabeled {configuration}", unit="case", disable=not progress,
                    file=sys.stderr)
         try:

@@ -1,0 +1,297 @@
+"""``nnunet-ext predict-c2f``: coarse-to-fine inference for challenge submissions (FLARE22).
+
+Per case, with both models loaded once (nnU-Net's ``nnUNetPredictor``, any trainer, any folds):
+
+1. read the image once (the plans' reader, e.g. SimpleITK: geometry kept for the output);
+2. coarse model (``3d_coarse``) on the whole volume, on nnU-Net's preprocessed coarse grid: argmax, largest
+   connected component per organ (nnU-Net's post-processing), bounding box mapped back to the original voxel grid
+   (``roi.box_in_original``), grown by the margin in mm (the plans' ``roi_margin_mm``, 20 mm by default) and
+   clipped. The coarse logits are never resampled to full resolution: only the box is needed. Fewer than
+   ``min_roi_voxels`` foreground voxels on the coarse grid: the fine model gets the whole volume (a warning says so);
+3. fine model (``3d_fine``) on the image cropped to the ROI, nnU-Net's preprocessing and export (resampling back to
+   the original spacing of the crop), pasted into a background volume of the original shape;
+4. written with the input's exact geometry (spacing, origin, direction, shape) and the label values of
+   ``dataset.json``, atomically (a half-written file never has the final name).
+
+Fast by default: no test-time mirroring (``--tta`` turns it on), tile step 0.75 of the patch (nnU-Net: 0.5),
+mixed precision (fp16 autocast) on CUDA as in nnU-Net's predictor. A case that cannot be read or predicted is
+reported by file name and the run goes on; per case the log gives read / coarse / fine / write times and the share
+spent in the networks, and ``OUT/predict_c2f_cases.csv`` (or ``--csv``) holds wall time, peak RAM and peak GPU
+memory. ``--continue`` skips cases whose output exists.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from nnunet_ext.core.resources import PeakMemory
+from nnunet_ext.errors import UserError
+from nnunet_ext.flare22.roi import ROI, DEFAULT_MARGIN_MM, box_in_original, grow_box, keep_largest_components
+
+CSV_NAME = "predict_c2f_cases.csv"
+CSV_FIELDS = ("case", "status", "fallback", "roi", "read_s", "coarse_s", "fine_s", "write_s", "total_s",
+              "network_s", "network_share", "peak_ram_mb", "peak_gpu_mb", "error")
+
+
+@dataclass
+class CaseResult:
+    case: str
+    status: str = "ok"
+    fallback: str = ""
+    roi: Optional[List[List[int]]] = None
+    times: Dict[str, float] = field(default_factory=dict)
+    peak_ram_mb: Optional[float] = None
+    peak_gpu_mb: Optional[float] = None
+    error: str = ""
+
+    def row(self) -> dict:
+        t = self.times
+        total = sum(t.get(k, 0.0) for k in ("read", "coarse", "fine", "write"))
+        net = t.get("coarse_net", 0.0) + t.get("fine_net", 0.0)
+        r = lambda v: "" if v is None else round(float(v), 4)  # noqa: E731
+        return {"case": self.case, "status": self.status, "fallback": self.fallback,
+                "roi": "" if self.roi is None else str(self.roi), "read_s": r(t.get("read")),
+                "coarse_s": r(t.get("coarse")), "fine_s": r(t.get("fine")), "write_s": r(t.get("write")),
+                "total_s": r(total), "network_s": r(net), "network_share": r(net / total if total else None),
+                "peak_ram_mb": r(self.peak_ram_mb), "peak_gpu_mb": r(self.peak_gpu_mb), "error": self.error}
+
+
+def _predictor(folder: str, folds, checkpoint: str, device: torch.device, step_size: float, tta: bool):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    if not os.path.isdir(folder):
+        raise UserError(f"no trained model in {folder}: train it first (nnUNetv2_train ...) or check -tr / -p / "
+                        f"$nnUNet_results")
+    p = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
+                        perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                        verbose_preprocessing=False, allow_tqdm=False)
+    try:
+        p.initialize_from_trained_model_folder(folder, folds, checkpoint_name=checkpoint)
+    except (FileNotFoundError, AssertionError) as e:
+        raise UserError(f"cannot load the model in {folder} ({checkpoint}, folds {folds or 'auto'}): {e}") from e
+    return p
+
+
+class CoarseToFinePredictor:
+    """Both models, loaded once; ``predict(data, properties)`` segments one image (nnU-Net reader layout)."""
+
+    def __init__(self, coarse_folder: str, fine_folder: str, folds_coarse=None, folds_fine=None,
+                 checkpoint: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
+                 step_size: float = 0.75, tta: bool = False, margin_mm: Optional[float] = None,
+                 min_roi_voxels: int = 10):
+        self.device = device
+        self.coarse = _predictor(coarse_folder, folds_coarse, checkpoint, device, step_size, tta)
+        self.fine = _predictor(fine_folder, folds_fine, checkpoint, device, step_size, tta)
+        if self.coarse.label_manager.has_regions or self.fine.label_manager.has_regions:
+            raise UserError("predict-c2f needs models trained on class labels, not regions")
+        fine_cfg = self.fine.configuration_manager.configuration.get("nnunet_ext", {})
+        self.margin_mm = float(margin_mm if margin_mm is not None else fine_cfg.get("roi_margin_mm", DEFAULT_MARGIN_MM))
+        self.min_roi_voxels = int(min_roi_voxels)
+        self.labels = [int(v) for v in self.coarse.label_manager.foreground_labels]
+
+    @staticmethod
+    def _preprocess(predictor, data: np.ndarray, spacing):
+        pm, cm = predictor.plans_manager, predictor.configuration_manager
+        pre = cm.preprocessor_class(verbose=False)
+        d, _, props = pre.run_case_npy(data, None, {"spacing": list(spacing)}, pm, cm, predictor.dataset_json)
+        return torch.from_numpy(np.ascontiguousarray(d)), props
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def coarse_roi(self, data: np.ndarray, spacing, times: Dict[str, float]) -> ROI:
+        """The region of interest from the coarse model (or no box: whole volume, with the reason)."""
+        d, props = self._preprocess(self.coarse, data, spacing)
+        t = time.perf_counter()
+        logits = self.coarse.predict_logits_from_preprocessed_data(d)
+        self._sync()
+        times["coarse_net"] = time.perf_counter() - t
+        seg = logits.argmax(0).numpy().astype(np.uint8)
+        del logits
+        seg = keep_largest_components(seg, self.labels)
+        n = int(np.count_nonzero(seg))
+        if n == 0:
+            return ROI(None, "the coarse prediction is empty")
+        if n < self.min_roi_voxels:
+            return ROI(None, f"the coarse prediction has {n} voxel(s) (< {self.min_roi_voxels})")
+        from acvl_utils.cropping_and_padding.bounding_boxes import get_bbox_from_mask
+
+        box = box_in_original(get_bbox_from_mask(seg > 0), seg.shape, props,
+                              self.coarse.plans_manager.transpose_forward)
+        return ROI(grow_box(box, spacing, self.margin_mm, data.shape[1:]))
+
+    def fine_segmentation(self, crop: np.ndarray, spacing, times: Dict[str, float]) -> np.ndarray:
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        d, props = self._preprocess(self.fine, crop, spacing)
+        t = time.perf_counter()
+        logits = self.fine.predict_logits_from_preprocessed_data(d)
+        self._sync()
+        times["fine_net"] = time.perf_counter() - t
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.fine.plans_manager, self.fine.configuration_manager, self.fine.label_manager, props)
+
+    def predict(self, data: np.ndarray, properties: dict, times: Optional[Dict[str, float]] = None):
+        """``(segmentation of data.shape[1:], ROI)``; ``times`` gets coarse / fine (and their network parts)."""
+        times = {} if times is None else times
+        spacing = properties["spacing"]
+        t = time.perf_counter()
+        roi = self.coarse_roi(data, spacing, times)
+        times["coarse"] = time.perf_counter() - t
+        t = time.perf_counter()
+        part = self.fine_segmentation(data[(slice(None),) + roi.slices(data.shape[1:])], spacing, times)
+        seg = np.zeros(data.shape[1:], dtype=part.dtype)
+        seg[roi.slices(data.shape[1:])] = part
+        times["fine"] = time.perf_counter() - t
+        return seg, roi
+
+
+def list_cases(folder: str, file_ending: str, num_channels: int) -> Dict[str, List[str]]:
+    """``{case: [channel files]}`` of an nnU-Net image folder (``CASE_XXXX<ending>``); a case with a missing
+    channel keeps what it has (its prediction then fails with a clear message)."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
+        get_identifiers_from_splitted_dataset_folder
+
+    if not os.path.isdir(folder):
+        raise UserError(f"input folder {folder} does not exist")
+    ids = [str(i) for i in get_identifiers_from_splitted_dataset_folder(folder, file_ending)]
+    if not ids:
+        raise UserError(f"no images named CASE_0000{file_ending} in {folder}")
+    return dict(zip(ids, create_lists_from_splitted_dataset_folder(folder, file_ending, ids)))
+
+
+def check_gzip(path: str) -> None:
+    """Raise ``UserError`` if ``path`` (``.gz``) is a truncated or corrupt gzip stream. ITK reads a truncated
+    ``.nii.gz`` without an error (the missing voxels become 0), so this is checked before reading."""
+    import gzip
+    import zlib
+
+    if not path.endswith(".gz"):
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as e:
+        raise UserError(f"cannot read {path}: truncated or corrupt gzip file ({e})") from e
+
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def predict_folder(predictor: CoarseToFinePredictor, input_folder: str, output_folder: str,
+                   csv_path: Optional[str] = None, resume: bool = False, log=print) -> List[CaseResult]:
+    """Every case of ``input_folder`` -> ``output_folder/CASE<ending>``; failures are reported and skipped."""
+    from tqdm import tqdm
+
+    pm, dj = predictor.fine.plans_manager, predictor.fine.dataset_json
+    ending, n_ch = dj["file_ending"], len(dj.get("channel_names", dj.get("modality", {})))
+    cases = list_cases(input_folder, ending, n_ch)
+    out = Path(output_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_file = Path(csv_path) if csv_path else out / CSV_NAME
+    results: List[CaseResult] = []
+    for case, files in tqdm(cases.items(), desc="predict-c2f", unit="case"):
+        target = out / f"{case}{ending}"
+        if resume and target.is_file():
+            results.append(CaseResult(case, status="skipped (output exists)"))
+            _write_csv(csv_file, [r.row() for r in results])
+            continue
+        res = CaseResult(case)
+        try:
+            with PeakMemory(predictor.device) as mem:
+                if len(files) != n_ch:
+                    raise UserError(f"{case}: {len(files)} channel file(s) in {input_folder}, the model needs "
+                                    f"{n_ch} ({case}_0000{ending} ...)")
+                t = time.perf_counter()
+                rw = pm.image_reader_writer_class()
+                for f in files:
+                    check_gzip(f)
+                try:
+                    data, props = rw.read_images(files)
+                except Exception as e:  # noqa: BLE001 - any reader error: name the file
+                    raise UserError(f"cannot read {', '.join(files)}: {str(e).strip().splitlines()[-1]}") from e
+                if data.size == 0 or min(data.shape) == 0:
+                    raise UserError(f"cannot read {', '.join(files)}: empty image {tuple(data.shape[1:])} (truncated "
+                                    f"or corrupt file?)")
+                if not np.isfinite(data).all():
+                    raise UserError(f"{', '.join(files)}: the image has NaN or infinite values")
+                res.times["read"] = time.perf_counter() - t
+                seg, roi = predictor.predict(data, props, res.times)
+                res.roi, res.fallback = roi.bbox, roi.fallback or ""
+                if roi.fallback:
+                    log(f"WARNING {case}: {roi.fallback}; the fine model segmented the whole volume")
+                t = time.perf_counter()
+                tmp = out / f".{case}.partial{ending}"
+                rw.write_seg(seg, str(tmp), props)
+                os.replace(tmp, target)
+                res.times["write"] = time.perf_counter() - t
+            res.peak_ram_mb, res.peak_gpu_mb = mem.ram_mb, mem.gpu_mb
+            row = res.row()
+            log(f"{case}: read {row['read_s']:.2f} s, coarse {row['coarse_s']:.2f} s, fine {row['fine_s']:.2f} s, "
+                f"write {row['write_s']:.2f} s = {row['total_s']:.2f} s ({100 * row['network_share']:.0f}% in the "
+                f"networks), ROI {roi.bbox or 'whole volume'}, peak RAM {mem.ram_mb:.0f} MB"
+                + (f", peak GPU {mem.gpu_mb:.0f} MB" if mem.gpu_mb is not None else ""))
+        except Exception as e:  # noqa: BLE001 - one bad case must not stop a submission run
+            res.status, res.error = "failed", str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            names = ", ".join(os.path.basename(f) for f in files)
+            if not isinstance(e, UserError):  # an unexpected failure: say which input it was
+                res.error = f"{type(e).__name__} while predicting {names}: {res.error}"
+            log(f"ERROR {case}: {res.error}")
+            if os.environ.get("NNUNET_EXT_DEBUG"):
+                traceback.print_exc()
+        results.append(res)
+        _write_csv(csv_file, [r.row() for r in results])
+    return results
+
+
+def model_folder(dataset, trainer: str, plans: str, configuration: str) -> str:
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    return get_output_folder(dataset, trainer, plans, configuration)
+
+
+def run_predict_c2f(args) -> int:
+    from nnunet_ext.paths import resolve_dataset_name
+
+    name = resolve_dataset_name(args.dataset)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("-device cuda: no CUDA device is available here (use -device cpu)")
+    tr_c, tr_f = args.trainer_coarse or args.trainer, args.trainer_fine or args.trainer
+    folds = lambda f: None if f is None else [i if i == "all" else int(i) for i in f]  # noqa: E731
+    t0 = time.perf_counter()
+    predictor = CoarseToFinePredictor(model_folder(name, tr_c, args.plans, args.coarse_config),
+                                      model_folder(name, tr_f, args.plans, args.fine_config),
+                                      folds(args.folds_coarse or args.folds), folds(args.folds_fine or args.folds),
+                                      args.checkpoint, device, args.step_size, args.tta, args.margin_mm,
+                                      args.min_roi_voxels)
+    print(f"predict-c2f: models loaded in {time.perf_counter() - t0:.1f} s ({tr_c} {args.coarse_config}, "
+          f"{tr_f} {args.fine_config}, {device}, step {args.step_size}, TTA {'on' if args.tta else 'off'}, "
+          f"margin {predictor.margin_mm:g} mm)")
+    results = predict_folder(predictor, args.input, args.output, args.csv, args.resume)
+    failed = [r.case for r in results if r.status == "failed"]
+    ok = [r for r in results if r.status == "ok"]
+    if ok:
+        rows = [r.row() for r in ok]
+        print(f"predict-c2f: {len(ok)} case(s), mean {np.mean([r['total_s'] for r in rows]):.2f} s per case, "
+              f"{100 * np.mean([r['network_share'] for r in rows]):.0f}% in the networks")
+    if failed:
+        print(f"predict-c2f: {len(failed)} case(s) failed: {', '.join(failed)} (see the messages above)")
+        return 1
+    return 0
