@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV="${NNUNET_EXT_VENV:-.venv}"
 export nnUNet_extTrainer="$("$VENV/bin/nnunet-ext" trainers-path)"
+# OpenMP threads sleep while they wait: on 2 cores shared by a training and its data worker, spinning costs ~20%
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec "$VENV/bin/python" -m pytest -q -ra tests "$@"

@@ -2,7 +2,9 @@
 per session with the real ``nnUNetv2_plan_and_preprocess``, and a runner for nnU-Net's CLIs."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,23 +34,104 @@ def nnunet_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def nnunet_env(nnunet_dirs):
-    """Environment for nnU-Net subprocesses: our folders, 1 worker, test trainers + our trainers."""
+    """Environment for nnU-Net subprocesses: our folders, 1 worker, test trainers + our trainers, 2 OpenMP threads
+    that sleep instead of spinning while they wait (a training's main process and its data worker share 2 cores:
+    spinning threads cost a test run about 20% of its time, measured on a 3d training here)."""
     from nnunet_ext.paths import ext_trainer_env
 
     env = ext_trainer_env([TEST_TRAINERS])
     env.update(nnUNet_raw=str(nnunet_dirs["raw"]), nnUNet_preprocessed=str(nnunet_dirs["preprocessed"]),
                nnUNet_results=str(nnunet_dirs["results"]), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
-               nnUNet_compile="false", OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+               nnUNet_compile="false", OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", PYTHONWARNINGS="ignore")
     return env
 
 
+_FORKSERVER = {}
+
+
+def _forkserver():
+    """The session's fork server (``tests/forkserver.py``), started at first use; None when turned off with
+    ``NNUNET_EXT_TEST_FORKSERVER=0`` (every run is then a plain subprocess)."""
+    if os.environ.get("NNUNET_EXT_TEST_FORKSERVER", "1") == "0":
+        return None
+    if "client" not in _FORKSERVER:
+        import atexit
+        import tempfile
+
+        from forkserver import ForkServerClient
+
+        folder = tempfile.mkdtemp(prefix="nnunet_ext_forkserver_")
+        path = os.path.join(folder, "socket")
+        env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", PYTHONWARNINGS="ignore",
+                   MPLBACKEND="Agg")
+        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkserver.py")), path], env=env,
+                                  stdout=subprocess.PIPE, text=True)
+        if server.stdout.readline().strip() != "forkserver ready":
+            raise RuntimeError("the tests' fork server did not start")
+
+        def stop():
+            server.terminate()
+            server.wait(10)
+            shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(stop)
+        _FORKSERVER["client"] = ForkServerClient(path)
+    return _FORKSERVER["client"]
+
+
 def run_cli(name: str, args, env, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run one of nnU-Net's (or our) console scripts; on failure show its output."""
-    proc = subprocess.run([_bin(name), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+    """Run one of nnU-Net's (or our) console scripts with ``env``; on failure show its output.
+
+    The run is a new process forked from the session's fork server (``tests/forkserver.py``: torch and the
+    other heavy modules already imported, the script's own entry point called), or a plain subprocess with
+    ``NNUNET_EXT_TEST_FORKSERVER=0``. A run past ``timeout`` gets SIGABRT first (``PYTHONFAULTHANDLER`` makes it
+    print every thread's stack), then its whole process group is killed, and the error shows where it was stuck."""
+    import tempfile
+
+    args = [str(a) for a in args]
+    env = dict(env, PYTHONFAULTHANDLER="1")
+    server = _forkserver()
+    with tempfile.TemporaryDirectory(prefix="run_cli_") as tmp:
+        out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        if server is not None:
+            pid, conn, reader = server.start(name, args, env, out_path, err_path)
+            code = server.wait(conn, reader, timeout)
+        else:
+            with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+                proc = subprocess.Popen([_bin(name), *args], env=env, stdout=out_f, stderr=err_f,
+                                        start_new_session=True)
+                pid = proc.pid
+                try:
+                    code = proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    code = None
+        if code is None:
+            _abort_and_kill(pid)
+            if server is not None:
+                conn.close()
+            else:
+                proc.wait()
+        out, err = Path(out_path).read_text(errors="replace"), Path(err_path).read_text(errors="replace")
+    if code is None:
+        raise AssertionError(f"{name} {' '.join(args)} still running after {timeout} s; stacks at SIGABRT:\n"
+                             f"{out[-3000:]}\n{err[-12000:]}")
+    done = subprocess.CompletedProcess([name, *args], code, out, err)
+    if check and code != 0:
+        raise AssertionError(f"{name} {' '.join(args)} failed ({code}):\n{out[-4000:]}\n{err[-4000:]}")
+    return done
+
+
+def _abort_and_kill(pid: int) -> None:
+    """SIGABRT to a stuck run (its stacks go to its stderr), then SIGKILL to its process group."""
+    import time
+
+    try:
+        os.kill(pid, signal.SIGABRT)
+        time.sleep(5)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    time.sleep(1)
 
 
 @pytest.fixture(scope="session")

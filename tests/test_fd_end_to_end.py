@@ -23,17 +23,26 @@ def _fold_dir(nnunet_dirs, ds, trainer, plans="nnUNetPlans", config="3d_fullres"
 
 @pytest.fixture(scope="module")
 def trained_fd(dataset3d, nnunet_env, nnunet_dirs):
-    run_cli("nnUNetv2_train", [dataset3d["id"], "3d_fullres", 0, "-tr", "nnUNetTrainerFD_tiny", "-device", "cpu"],
-            nnunet_env)
-    return _fold_dir(nnunet_dirs, dataset3d, "nnUNetTrainerFD_tiny")
+    """nnUNetTrainerFD_tinyCrash (3 epochs): stops with an error at the start of epoch 2, resumed with --c.
+    Returns the fold folder and checkpoint_latest.pth as it was at the crash."""
+    trainer = "nnUNetTrainerFD_tinyCrash"
+    args = [dataset3d["id"], "3d_fullres", 0, "-tr", trainer, "-device", "cpu"]
+    proc = run_cli("nnUNetv2_train", args, dict(nnunet_env, NNUNET_EXT_TEST_CRASH_AT_EPOCH="2"), check=False)
+    assert proc.returncode != 0 and "test crash at epoch 2" in proc.stderr + proc.stdout
+    fold = _fold_dir(nnunet_dirs, dataset3d, trainer)
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    run_cli("nnUNetv2_train", args + ["--c"], nnunet_env)
+    return {"fold": fold, "latest": latest, "trainer": trainer}
 
 
 def test_train_logs_aux_losses_and_saves_plain_network(trained_fd):
-    assert (trained_fd / "checkpoint_final.pth").is_file()
-    assert (trained_fd / "progress.png").is_file()
-    log = "".join(p.read_text() for p in trained_fd.glob("training_log_*.txt"))
+    fold = trained_fd["fold"]
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert (fold / "progress.png").is_file()
+    assert (fold / "validation" / "summary.json").is_file(), "nnU-Net's final validation ran"
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "intra_fd" in log and "inter_fd" in log
-    ckpt = torch.load(trained_fd / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     logging = ckpt["logging"]
     n_epochs = ckpt["current_epoch"]
     for k in ("intra_fd", "inter_fd", "train_losses"):
@@ -41,16 +50,16 @@ def test_train_logs_aux_losses_and_saves_plain_network(trained_fd):
     # the checkpointed network is nnU-Net's plain U-Net (no wrapper prefixes, no extra modules)
     assert all(not k.startswith(("module.", "_orig_mod.")) for k in ckpt["network_weights"])
     assert any(k.startswith("encoder.stages.") for k in ckpt["network_weights"])
-    assert ckpt["trainer_name"] == "nnUNetTrainerFD_tiny"
+    assert ckpt["trainer_name"] == trained_fd["trainer"]
     # progress.png has our fourth panel: taller than nnU-Net's three-panel figure (30 x 54 in at 100 dpi)
     from PIL import Image
-    assert Image.open(trained_fd / "progress.png").height > 5400
+    assert Image.open(fold / "progress.png").height > 5400
 
 
 def test_predict_dice_above_chance_and_geometry_kept(trained_fd, dataset3d, nnunet_env, tmp_path):
     out = tmp_path / "pred"
     run_cli("nnUNetv2_predict", ["-i", dataset3d["raw"] / "imagesTs", "-o", out, "-d", dataset3d["id"],
-                                 "-c", "3d_fullres", "-f", 0, "-tr", "nnUNetTrainerFD_tiny", "-device", "cpu",
+                                 "-c", "3d_fullres", "-f", 0, "-tr", trained_fd["trainer"], "-device", "cpu",
                                  "--disable_tta", "-npp", 1, "-nps", 1], nnunet_env)
     refs = sorted((dataset3d["raw"] / "labelsTs").glob("*.nii.gz"))
     assert refs
@@ -76,17 +85,9 @@ def test_predict_dice_above_chance_and_geometry_kept(trained_fd, dataset3d, nnun
         assert np.mean(dices[c]) > 2 * np.mean(chance[c]), (c, dices, chance)
 
 
-def test_resume_with_c_continues_exactly(dataset3d, nnunet_env, nnunet_dirs, tmp_path):
-    trainer = "nnUNetTrainerFD_tinyCrash"
-    env = dict(nnunet_env, NNUNET_EXT_TEST_CRASH_AT_EPOCH="2")
-    proc = run_cli("nnUNetv2_train", [dataset3d["id"], "3d_fullres", 0, "-tr", trainer, "-device", "cpu"], env,
-                   check=False)
-    assert proc.returncode != 0 and "test crash at epoch 2" in proc.stderr + proc.stdout
-    fold = _fold_dir(nnunet_dirs, dataset3d, trainer)
-    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+def test_resume_with_c_continues_exactly(trained_fd):
+    fold, latest = trained_fd["fold"], trained_fd["latest"]
     assert latest["current_epoch"] == 2
-    run_cli("nnUNetv2_train", [dataset3d["id"], "3d_fullres", 0, "-tr", trainer, "-device", "cpu", "--c"],
-            nnunet_env)
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 3
     for k in ("intra_fd", "inter_fd", "train_losses", "mean_fg_dice", "lrs"):

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, run_cli
 
 DS_C2F = 523
-TINY = "nnUNetTrainer_tiny"
+TINY = "nnUNetTrainer_tinyC2F"
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,9 @@ The network built and checkpointed is nnU-Net's own, so ``nnUNetv2_predict`` nee
 """
 from __future__ import annotations
 
-from typing import List
-
 import os
+import sys
+from typing import List
 
 import numpy as np
 import torch
@@ -69,6 +69,26 @@ class nnUNetTrainerExt(nnUNetTrainer):
         return []
 
     # ---- machinery ------------------------------------------------------------------------------
+    def run_training(self):
+        """nnU-Net's loop; if it raises, every data augmenter of this trainer (nnU-Net's train/val loaders and
+        any a method adds, e.g. CPS's unlabelled loader) is shut down before the error propagates, so a crashed
+        run exits instead of waiting on its worker processes at interpreter shutdown."""
+        try:
+            super().run_training()
+        except BaseException:
+            self.shut_down_augmenters()
+            raise
+
+    def shut_down_augmenters(self) -> None:
+        """Stop the worker processes of every augmenter held in this trainer's attributes (errors ignored)."""
+        for name, value in list(vars(self).items()):
+            finish = getattr(value, "_finish", None) if name.startswith("dataloader") else None
+            if callable(finish):
+                try:
+                    finish()
+                except Exception as e:  # shutting down after an error: report, never mask the error
+                    print(f"nnunet_ext: could not shut down {name}: {e!r}", file=sys.stderr)
+
     def initialize(self):
         if self.was_initialized:
             return super().initialize()  # raises nnU-Net's own error

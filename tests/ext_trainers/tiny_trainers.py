@@ -13,8 +13,17 @@ class nnUNetTrainer_tiny(ScheduleMixin, nnUNetTrainer):
     schedule = TINY
 
 
-class nnUNetTrainerFD_tiny(ScheduleMixin, nnUNetTrainerFD):
+class nnUNetTrainer_tinyC2F(ScheduleMixin, nnUNetTrainer):
+    """TINY; nnU-Net's final validation only where a test reads it (3d_fine), without test-time mirroring (the
+    checkpoint, saved before, keeps nnU-Net's mirroring axes)."""
     schedule = TINY
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.configuration_name != "3d_fine":
+            self.print_to_log_file("test trainer: final validation skipped")
+            return
+        self.inference_allowed_mirroring_axes = None
+        super().perform_actual_validation(save_probabilities)
 
 
 class nnUNetTrainerFD_tinyCrash(ScheduleMixin, nnUNetTrainerFD):
