@@ -5,7 +5,6 @@ the ControlNet path on a tiny randomly initialised Stable Diffusion pipeline wri
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -199,24 +198,10 @@ def test_missing_tuned_model_names_the_tune_command(dataset2d, nnunet_vars, caps
     assert "no tuned diffusion generator" in err and f"nnunet-ext s2s2-tune -d {dataset2d['id']} -c 2d -f 3" in err
 
 
-TRAINERS = '''
-from nnunet_ext.core.schedule import ScheduleMixin
-from nnunet_ext.s2s2.trainer import nnUNetTrainerS2S2
-
-
-class nnUNetTrainerS2S2Diffusion_micro(ScheduleMixin, nnUNetTrainerS2S2):
-    schedule = {"num_epochs": 1, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1}
-    s2s2_generator = "diffusion"
-'''
-
-
-def test_s2s2_trains_on_the_diffusion_stack(diffusion_stack, dataset2d, nnunet_env, nnunet_dirs, tmp_path):
-    tdir = tmp_path / "trainers"
-    tdir.mkdir()
-    (tdir / "s2s2_diffusion_test_trainers.py").write_text(TRAINERS)
-    env = {**nnunet_env, "nnUNet_extTrainer": f"{tdir}{os.pathsep}{nnunet_env['nnUNet_extTrainer']}"}
+def test_s2s2_trains_on_the_diffusion_stack(diffusion_stack, dataset2d, nnunet_env, nnunet_dirs):
+    """nnUNetTrainerS2S2Diffusion_micro (tests/ext_trainers): s2s2_generator = "diffusion", 1 epoch of 3 iterations."""
     run_cli("nnUNetv2_train", [dataset2d["id"], "2d", 0, "-tr", "nnUNetTrainerS2S2Diffusion_micro", "-device", "cpu"],
-            env)
+            nnunet_env)
     fold = Path(nnunet_dirs["results"]) / dataset2d["name"] / "nnUNetTrainerS2S2Diffusion_micro__nnUNetPlans__2d" \
         / "fold_0"
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
