@@ -28,6 +28,10 @@ setup(
         "safetensors",
         "timm",              # ViT backbones for STEGO (built locally, weights from a local file)
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # the paper's S2S2 generator (ControlNet on a local Stable Diffusion): CLIP text encoder and tokenizer
+        "controlnet": ["transformers>=4.40"],
+        "test": ["pytest", "transformers>=4.40"],
+    },
     entry_points={"console_scripts": ["nnunet-ext=nnunet_ext.cli:main"]},
 )

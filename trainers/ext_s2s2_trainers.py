@@ -26,9 +26,19 @@ class nnUNetTrainerS2S2_gin(nnUNetTrainerS2S2):
     s2s2_generator = "gin"
 
 
+class nnUNetTrainerS2S2_diffusion(nnUNetTrainerS2S2):
+    """S2S2 on the stack of the tuned diffusion generator (`s2s2-tune`, then `s2s2-generate --generator diffusion`)."""
+    s2s2_generator = "diffusion"
+
+
+class nnUNetTrainerS2S2_controlnet(nnUNetTrainerS2S2):
+    """S2S2 on the stack of the tuned ControlNet (`s2s2-tune --generator controlnet --init SD_FOLDER`)."""
+    s2s2_generator = "controlnet"
+
+
 class nnUNetTrainerS2S2FD(nnUNetTrainerS2S2, nnUNetTrainerFD):
     """S2S2 + internal feature distillation (FD's term with FD's settings), composed through build_loss_terms."""
 
 
 __all__ = ["nnUNetTrainerS2S2", "nnUNetTrainerS2S2_encOnly", "nnUNetTrainerS2S2_enc04", "nnUNetTrainerS2S2_slaug",
-           "nnUNetTrainerS2S2_gin", "nnUNetTrainerS2S2FD"]
+           "nnUNetTrainerS2S2_gin", "nnUNetTrainerS2S2_diffusion", "nnUNetTrainerS2S2_controlnet", "nnUNetTrainerS2S2FD"]

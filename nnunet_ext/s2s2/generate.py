@@ -5,8 +5,12 @@ have exactly the shape, spacing and normalisation of the cases the trainer loads
 are skipped), sharded (``--part i --num-parts n`` like ``nnUNetv2_predict``), progress bar in images (2D
 slices) per second, and a preview PNG (mask, real image, copies) of a few cases.
 
-Generators: ``gin`` (training-free, ``nnunet_ext.s2s2.gin``). The diffusion generator of the paper (a tuned
-mask-conditioned model) is not built yet.
+Generators (``make_generator``): ``gin`` (training-free, ``nnunet_ext.s2s2.gin``), ``diffusion`` (the
+mask-conditioned diffusion model tuned by ``nnunet-ext s2s2-tune``, ``nnunet_ext.s2s2.diffusion``; the model of
+fold ``-f``, copies of every case) and ``controlnet`` (the paper's: a ControlNet on a local Stable Diffusion, tuned
+by ``s2s2-tune --generator controlnet --init SD_FOLDER``). A generator has ``settings()`` and
+``copy(data, case, k)``; one with ``needs_seg = True`` gets the case's segmentation as well (``copy(data, case, k,
+seg=seg)``), and one with ``copies(data, case, ks, seg)`` makes all K copies of a case in one call (batched).
 """
 from __future__ import annotations
 
@@ -21,23 +25,43 @@ import numpy as np
 from nnunet_ext.errors import UserError
 from nnunet_ext.s2s2.stack import shard, stack_folder, write_stack_case, write_stack_info
 
-GENERATORS = ("gin",)
+GENERATORS = ("gin", "diffusion", "controlnet")
 
 
 class S2S2Error(UserError):
     """A semantic-stack problem the user can fix (missing preprocessing, missing stack, bad arguments)."""
 
 
-def make_generator(name: str, seed: int = 0):
+def make_generator(name: str, seed: int = 0, prep=None, configuration: str = None, plans: str = "nnUNetPlans",
+                   fold="0", options: Optional[dict] = None):
+    """The stack generator ``name``. ``diffusion`` loads the model that ``s2s2-tune`` tuned for (``prep``'s
+    dataset, ``configuration``, ``plans``, ``fold``); ``options``: its ``steps`` (DDIM), ``eta``, ``guidance``,
+    ``batch_size``, ``device``, or ``model`` (a tuned model folder, instead of the one under $nnUNet_results)."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
     if name == "gin":
         from nnunet_ext.s2s2.gin import GINGenerator
         return GINGenerator(seed=seed)
+    if name in ("diffusion", "controlnet"):
+        from nnunet_ext.s2s2.diffusion import SPEC_FILE, DiffusionGenerator, read_spec, tune_command, tuned_folder
+
+        fold = "all" if str(fold) == "all" else int(fold)
+        model = options.pop("model", None)
+        folder = Path(model) if model else tuned_folder(prep.name, name, plans, configuration, fold)
+        if not (folder / SPEC_FILE).is_file():
+            raise S2S2Error(f"no tuned {name} generator in {folder}: tune it first with "
+                            f"{tune_command(prep.name, configuration, plans, fold, name)}"
+                            + (" --init STABLE_DIFFUSION_FOLDER" if name == "controlnet" else ""))
+        kind = read_spec(folder).kind
+        if (kind == "controlnet") != (name == "controlnet"):
+            raise S2S2Error(f"{folder} holds a {'controlnet' if kind == 'controlnet' else 'diffusion'} generator, "
+                            f"not a {name} one")
+        return DiffusionGenerator(folder, seed=seed, **options)
     raise S2S2Error(f"unknown generator {name!r}; available: {', '.join(GENERATORS)}")
 
 
 def generate_stack(dataset, configuration: str, k: int = 16, generator: str = "gin", plans: str = "nnUNetPlans",
                    part: int = 0, num_parts: int = 1, seed: int = 0, progress: bool = True,
-                   preview_cases: int = 4) -> Path:
+                   preview_cases: int = 4, fold="0", options: Optional[dict] = None) -> Path:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     from tqdm import tqdm
@@ -48,7 +72,8 @@ def generate_stack(dataset, configuration: str, k: int = 16, generator: str = "g
         raise S2S2Error(f"-k must be at least 1, got {k}")
     prep = PreprocessedConfiguration(dataset, configuration, plans, S2S2Error)
     name, pre, cm, data_dir, cases = prep.name, prep.folder, prep.configuration_manager, prep.data_dir, prep.cases
-    gen = make_generator(generator, seed)
+    gen = make_generator(generator, seed, prep=prep, configuration=configuration, plans=plans, fold=fold,
+                         options=options)
     out = stack_folder(pre, cm.data_identifier, generator)
     out.mkdir(parents=True, exist_ok=True)
     info = {"generator": generator, "settings": gen.settings(), "k": k, "configuration": configuration,
@@ -69,8 +94,14 @@ def generate_stack(dataset, configuration: str, k: int = 16, generator: str = "g
     t0, n_images = time.time(), 0
     with tqdm(total=len(todo), desc="s2s2-generate", unit="case", disable=not progress, file=sys.stderr) as bar:
         for case in todo:
-            data = np.asarray(ds.load_case(case)[0][:], dtype=np.float32)
-            copies = np.stack([gen.copy(data, case, i) for i in range(k)])
+            data_b2, seg_b2, _, _ = ds.load_case(case)
+            data = np.asarray(data_b2[:], dtype=np.float32)
+            if getattr(gen, "needs_seg", False):
+                seg = np.asarray(seg_b2[:])
+                copies = gen.copies(data, case, list(range(k)), seg) if hasattr(gen, "copies") else \
+                    np.stack([gen.copy(data, case, i, seg=seg) for i in range(k)])
+            else:
+                copies = np.stack([gen.copy(data, case, i) for i in range(k)])
             write_stack_case(out, case, copies, cm.patch_size)
             n_images += k * data.shape[1]
             bar.update()

@@ -13,3 +13,8 @@ class nnUNetTrainerS2S2_tiny(ScheduleMixin, nnUNetTrainerS2S2):
 
 class nnUNetTrainerS2S2FD_micro(ScheduleMixin, nnUNetTrainerS2S2, nnUNetTrainerFD):
     schedule = S2S2_MICRO
+
+
+class nnUNetTrainerS2S2Diffusion_micro(ScheduleMixin, nnUNetTrainerS2S2):
+    schedule = S2S2_MICRO
+    s2s2_generator = "diffusion"

@@ -1,0 +1,444 @@
+"""``nnunet-ext s2s2-tune``: tune S2S2's mask-conditioned diffusion generator (``nnunet_ext.s2s2.diffusion``) on the
+2D slices of one fold's training cases, as nnU-Net preprocessed them.
+
+* Cases: the fold's training cases of nnU-Net's split (``splits_final.json`` in the preprocessed dataset folder;
+  made as nnU-Net makes it, seeded 5-fold, when absent; a fold beyond the file: nnU-Net's seeded 80:20 split;
+  ``-f all``: every case).
+* Samples: ``image_size`` x ``image_size`` crops of 2D slices (3D data: axial slices, the first spatial axis as
+  nnU-Net stores it), a third of them centred on a random foreground voxel (nnU-Net's ``class_locations``, like
+  its ``oversample_foreground_percent``), the rest anywhere; a crop that leaves a small slice is padded (image 0
+  in standardised units, label -1 = no label). Channels standardised with the mean and std of (up to) 64 random
+  training slices.
+* Optimisation: AdamW, constant learning rate after a linear warm-up, gradient clipping at 1, an EMA of the
+  weights (diffusers' ``EMAModel`` with warm-up: the EMA weights are what is saved and sampled); bf16 (or fp16 with
+  a grad scaler) autocast on CUDA, float32 on CPU.
+* Output (``tuned_folder``): ``$nnUNet_results/DatasetXXX_Name/s2s2_generator__diffusion__<plans>__<config>/
+  fold_<F>/`` with ``unet/`` + ``scheduler/`` (``save_pretrained``) + ``s2s2_diffusion.json`` (the model),
+  ``checkpoint.pt`` (everything needed to resume: weights, EMA, optimiser, learning-rate schedule, grad scaler,
+  step, the random states of the sampler, the noise generator and torch, the losses; written atomically every
+  ``save_every`` steps and at the end) and ``preview.png`` (masks, real crops, generated crops).
+* ``--resume`` continues from ``checkpoint.pt`` up to ``--steps`` (total steps); the data, noise and weights then
+  follow exactly the uninterrupted run (bitwise on CPU). The training settings are the checkpoint's.
+* ``--generator controlnet --init SD_FOLDER`` (the paper's generator, ``ControlNetDiffusion``): the same loop
+  trains only a ControlNet on the frozen local Stable Diffusion; whole slices resized to ``image_size`` instead
+  of crops; ``controlnet/`` instead of ``unet/`` in the output (``s2s2_generator__controlnet__...``).
+
+Several GPUs: not supported (one device; accelerate is not a dependency).
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from nnunet_ext.s2s2.diffusion import (DEFAULT_PROMPT, SPEC_FILE, ControlNetDiffusion, DiffusionModelError,
+                                       DiffusionSpec, MaskDiffusion, build_unet, load_init_unet, modality_of,
+                                       train_scheduler, tuned_folder)
+
+CHECKPOINT = "checkpoint.pt"
+GENERATORS = ("diffusion", "controlnet")
+
+
+@dataclass
+class TuneSettings:
+    steps: int = 20000
+    batch_size: int = 16
+    image_size: int = 64
+    lr: float = 1e-4
+    warmup: int = 500
+    save_every: int = 1000
+    block_channels: Tuple[int, ...] = (64, 128, 256)
+    layers_per_block: int = 2
+    mid_attention: bool = True
+    cond_drop: float = 0.1
+    ema_decay: float = 0.9999
+    fg_fraction: float = 0.33
+    seed: int = 0
+    preview_ddim_steps: int = 25
+    init: Optional[str] = None
+    prompt: str = DEFAULT_PROMPT  # controlnet only
+    #: not training settings (may change on --resume)
+    runtime: Tuple[str, ...] = field(default=("steps", "save_every", "preview_ddim_steps"), repr=False)
+
+    def training(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.runtime and k != "runtime"}
+
+
+# ------------------------------------------------------------------------------------------------ cases
+def training_cases(prep, fold) -> List[str]:
+    """The training cases of ``fold`` (int or "all") as ``nnUNetTrainer.do_split`` chooses them (and, like it,
+    writes nnU-Net's default 5-fold ``splits_final.json`` when there is none)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    keys = sorted(prep.cases)
+    if fold == "all":
+        return keys
+    splits_file = prep.folder / "splits_final.json"
+    if not splits_file.is_file():
+        splits = generate_crossval_split(keys, seed=12345, n_splits=5)
+        tmp = splits_file.with_name(f".splits_final.json.tmp{os.getpid()}")
+        save_json(splits, str(tmp))
+        os.replace(tmp, splits_file)
+    splits = load_json(str(splits_file))
+    if fold < len(splits):
+        return list(splits[fold]["train"])
+    rnd = np.random.RandomState(seed=12345 + fold)  # nnU-Net's fallback: a seeded random 80:20 split
+    arr = np.sort(keys)
+    idx_tr = rnd.choice(len(arr), int(len(arr) * 0.8), replace=False)
+    return list(arr[idx_tr])
+
+
+def label_values(prep) -> List[int]:
+    """The label values the model is conditioned on: ``LabelManager.all_labels`` (+ the ignore label)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    lm = prep.plans_manager.get_label_manager(load_json(str(prep.folder / "dataset.json")))
+    return [int(v) for v in lm.all_labels] + ([int(lm.ignore_label)] if lm.has_ignore_label else [])
+
+
+# ------------------------------------------------------------------------------------------------ samples
+class SliceSampler:
+    """Random ``size`` x ``size`` crops of 2D slices of preprocessed cases (lazily decompressed from blosc2);
+    all randomness from ``self.rng`` (its state is saved in a checkpoint)."""
+
+    def __init__(self, data_dir, cases: List[str], size: int, fg_fraction: float = 0.33, seed: int = 0,
+                 fit: str = "pad"):
+        from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+        self.ds = nnUNetDatasetBlosc2(str(data_dir), identifiers=list(cases))
+        self.cases, self.size, self.fg_fraction, self.fit = list(cases), int(size), float(fg_fraction), fit
+        self.rng = np.random.default_rng(seed)
+        self._open = {}
+
+    def _case(self, case):
+        if case not in self._open:
+            data, seg, _, props = self.ds.load_case(case)
+            locs = props.get("class_locations") or {}
+            self._open[case] = (data, seg, {k: v for k, v in locs.items() if len(v)})
+        return self._open[case]
+
+    def _start(self, n: int, centre: Optional[int] = None) -> int:
+        s = self.size
+        lo, hi = min(0, n - s), max(0, n - s)
+        if centre is None:
+            return int(self.rng.integers(lo, hi + 1))
+        return int(np.clip(centre - s // 2, lo, hi))
+
+    def crop(self, case: str, z: int, y0: int, x0: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Crop at (y0, x0) of slice z (may reach outside: padded with NaN (image) and -1 (label))."""
+        data, seg, _ = self._case(case)
+        s = self.size
+        _, _, h, w = data.shape
+        img = np.full((data.shape[0], s, s), np.nan, dtype=np.float32)
+        lab = np.full((s, s), -1, dtype=np.int64)
+        ya, yb, xa, xb = max(y0, 0), min(y0 + s, h), max(x0, 0), min(x0 + s, w)
+        img[:, ya - y0:yb - y0, xa - x0:xb - x0] = data[:, z, ya:yb, xa:xb]
+        lab[ya - y0:yb - y0, xa - x0:xb - x0] = seg[0, z, ya:yb, xa:xb]
+        return img, lab
+
+    def resized(self, case: str, z: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Slice z resized to ``size`` x ``size`` (image bilinear, labels nearest)."""
+        data, seg, _ = self._case(case)
+        s = (self.size, self.size)
+        img = torch.from_numpy(np.asarray(data[:, z], dtype=np.float32))[None]
+        lab = torch.from_numpy(np.asarray(seg[0, z], dtype=np.float32))[None, None]
+        return (torch.nn.functional.interpolate(img, size=s, mode="bilinear", align_corners=False)[0].numpy(),
+                torch.nn.functional.interpolate(lab, size=s, mode="nearest")[0, 0].numpy().astype(np.int64))
+
+    def sample(self) -> Tuple[np.ndarray, np.ndarray]:
+        """A crop (``fit`` "pad") or a whole resized slice (``fit`` "resize")."""
+        case = self.cases[int(self.rng.integers(len(self.cases)))]
+        data, _, locs = self._case(case)
+        _, nz, h, w = data.shape
+        if locs and self.rng.random() < self.fg_fraction:
+            keys = sorted(locs, key=str)
+            v = locs[keys[int(self.rng.integers(len(keys)))]]
+            v = v[int(self.rng.integers(len(v)))]
+            z = int(v[1])
+            if self.fit == "resize":
+                return self.resized(case, z)
+            y0, x0 = self._start(h, int(v[2])), self._start(w, int(v[3]))
+        else:
+            z = int(self.rng.integers(nz))
+            if self.fit == "resize":
+                return self.resized(case, z)
+            y0, x0 = self._start(h), self._start(w)
+        return self.crop(case, z, y0, x0)
+
+    def batch(self, n: int) -> Tuple[np.ndarray, np.ndarray]:
+        imgs, labs = zip(*(self.sample() for _ in range(n)))
+        return np.stack(imgs), np.stack(labs)
+
+    def statistics(self, n: int = 64, seed: int = 0) -> Tuple[List[float], List[float]]:
+        """Per-channel mean and std over up to ``n`` random whole slices (their own generator)."""
+        rng = np.random.default_rng(seed)
+        sums, sq, cnt = 0.0, 0.0, 0
+        for i in range(n):
+            data, _, _ = self._case(self.cases[i % len(self.cases)] if i < len(self.cases)
+                                    else self.cases[int(rng.integers(len(self.cases)))])
+            sl = np.asarray(data[:, int(rng.integers(data.shape[1]))], dtype=np.float64).reshape(data.shape[0], -1)
+            sums, sq, cnt = sums + sl.sum(1), sq + (sl ** 2).sum(1), cnt + sl.shape[1]
+        mean = sums / cnt
+        std = np.sqrt(np.maximum(sq / cnt - mean ** 2, 0))
+        return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
+
+
+def _standardised(model: MaskDiffusion, imgs: np.ndarray, device) -> torch.Tensor:
+    x = model.standardise(torch.from_numpy(imgs))
+    return torch.nan_to_num(x, nan=0.0).to(device)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint
+def _rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _ema_copy(module, ema):
+    import copy
+    out = copy.deepcopy(module)
+    ema.copy_to(out.parameters())
+    return out.eval()
+
+
+# ------------------------------------------------------------------------------------------------ preview
+def write_preview(path: Path, model, sampler: SliceSampler, n: int = 4, copies: int = 2,
+                  steps: int = 25, seed: int = 12345) -> Path:
+    """``preview.png``: per row a training crop's mask, the real crop and ``copies`` generated from its mask."""
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    rng_state = sampler.rng.bit_generator.state
+    sampler.rng = np.random.default_rng(seed)
+    try:
+        crops = [sampler.sample() for _ in range(n)]
+    finally:
+        sampler.rng = np.random.default_rng()
+        sampler.rng.bit_generator.state = rng_state
+    m = model.size_multiple
+    gens = []
+    for r in range(n):
+        for k in range(copies):
+            g = torch.Generator()
+            g.manual_seed(seed + 1000 * r + k)
+            gens.append(g)
+    segs = torch.from_numpy(np.stack([lab for _, lab in crops for _ in range(copies)]))
+    pad = (-segs.shape[-1]) % m
+    if pad:
+        segs = torch.nn.functional.pad(segs, (0, pad, 0, pad), value=-1)
+    gen = model.sample(segs, gens, steps).cpu()[..., :sampler.size, :sampler.size]
+    gen = model.unstandardise(gen).numpy()
+
+    def show(ax, img):  # C == 3: RGB, else channel 0; each panel scaled to its own 1-99 percentiles
+        img = np.nan_to_num(img[:3] if img.shape[0] == 3 else img[:1], nan=float(np.nanmin(img)))
+        lo, hi = np.percentile(img, (1, 99))
+        img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+        ax.imshow(img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0], cmap="gray", vmin=0, vmax=1)
+
+    ncol = 2 + copies
+    fig, axes = plt.subplots(n, ncol, figsize=(2 * ncol, 2 * n), dpi=80, squeeze=False)
+    for r, (img, lab) in enumerate(crops):
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c == 0:
+                ax.imshow(lab, cmap="viridis", vmin=-1, vmax=max(model.spec.labels))
+            elif c == 1:
+                show(ax, img)
+            else:
+                show(ax, gen[r * copies + c - 2])
+            if r == 0:
+                ax.set_title(["mask", "real"][c] if c < 2 else f"generated {c - 1}", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(str(tmp))
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ tune
+def _device(name: Optional[str]) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DiffusionModelError("-device cuda: no CUDA device available (use -device cpu)")
+    return torch.device(name)
+
+
+def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", generator: str = "diffusion",
+         settings: Optional[TuneSettings] = None, resume: bool = False, device: Optional[str] = None,
+         output: Optional[str] = None, progress: bool = True, preview: int = 4) -> Path:
+    """Tune (or ``resume``) the generator; returns its folder."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    from nnunet_ext.paths import PreprocessedConfiguration
+    from nnunet_ext.s2s2.generate import S2S2Error
+
+    if generator not in GENERATORS:
+        raise S2S2Error(f"unknown generator {generator!r} for s2s2-tune; available: {', '.join(GENERATORS)} "
+                        f"(gin needs no tuning)")
+    st = settings or TuneSettings()
+    fold = "all" if str(fold) == "all" else int(fold)
+    prep = PreprocessedConfiguration(dataset, configuration, plans, S2S2Error)
+    out = Path(output) if output else tuned_folder(prep.name, generator, plans, configuration, fold)
+    ckpt_file = out / CHECKPOINT
+    dev = _device(device)
+
+    ckpt = None
+    if resume:
+        if not ckpt_file.is_file():
+            raise S2S2Error(f"--resume: nothing to resume in {out} (no {CHECKPOINT}); run without --resume")
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        new_steps, new_save, new_prev = st.steps, st.save_every, st.preview_ddim_steps
+        old = ckpt["settings"]
+        old["block_channels"] = tuple(old["block_channels"])
+        st = TuneSettings(**{**old, "steps": new_steps, "save_every": new_save, "preview_ddim_steps": new_prev})
+        if settings is not None:
+            changed = [k for k, v in settings.training().items() if k != "init" and st.training()[k] != v]
+            if changed:
+                print(f"s2s2-tune --resume: keeping the checkpoint's {', '.join(changed)} "
+                      f"({', '.join(f'{k}={st.training()[k]}' for k in changed)})")
+    elif ckpt_file.is_file() or (out / SPEC_FILE).is_file():
+        raise S2S2Error(f"{out} already holds a tuned generator: continue it with --resume (and a larger --steps), "
+                        f"or remove the folder to start again")
+    if st.steps < 1 or st.batch_size < 1 or st.save_every < 1:
+        raise S2S2Error("--steps, --batch-size and --save-every must be at least 1")
+    controlnet = generator == "controlnet"
+    if controlnet and not st.init:
+        raise S2S2Error("--generator controlnet needs --init: a local Stable Diffusion pipeline folder "
+                        "(model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/)")
+
+    cases = training_cases(prep, fold)
+    sampler = SliceSampler(prep.data_dir, cases, st.image_size, st.fg_fraction, st.seed,
+                           fit="resize" if controlnet else "pad")
+    if ckpt is not None:
+        spec = DiffusionSpec(**ckpt["spec"])
+    else:
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+
+        mean, std = sampler.statistics(seed=st.seed)
+        c = int(sampler._case(cases[0])[0].shape[0])
+        spec = DiffusionSpec(labels=label_values(prep), channels=c, mean=mean, std=std, image_size=st.image_size,
+                             cond_drop=st.cond_drop)
+        if controlnet:
+            if c not in (1, 3):
+                raise S2S2Error(f"--generator controlnet takes grey (1-channel) or RGB (3-channel) data; "
+                                f"{prep.name} {configuration} has {c} channels (use --generator diffusion)")
+            ds_json = load_json(str(prep.folder / "dataset.json"))
+            spec.kind, spec.fit, spec.prompt = "controlnet", "resize", st.prompt
+            spec.modality = modality_of(ds_json.get("channel_names", ds_json.get("modality", {})))
+            spec.class_names = {str(v): k.replace("_", " ") for k, v in ds_json["labels"].items()
+                                if isinstance(v, int) and k != "background"}
+    spec.info = {"dataset": prep.name, "configuration": configuration, "plans": plans, "fold": fold,
+                 "generator": generator, "training_cases": len(cases), "settings": st.training()}
+
+    torch.manual_seed(st.seed)
+    if controlnet:
+        model = ControlNetDiffusion.create(spec.sd_folder if ckpt is not None else st.init, spec).to(dev)
+    else:
+        if st.init and ckpt is None:
+            unet = load_init_unet(st.init, spec.channels, spec.num_labels)
+        else:
+            unet = build_unet(spec.channels, spec.num_labels, st.image_size, st.block_channels, st.layers_per_block,
+                              st.mid_attention)
+        model = MaskDiffusion(unet.to(dev), train_scheduler(), spec)
+    m = model.size_multiple
+    if st.image_size % m:
+        raise S2S2Error(f"--image-size {st.image_size} must be a multiple of {m} (the model's stride)")
+    net = model.trainable
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=st.lr, weight_decay=1e-2)
+    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=st.warmup)
+    ema = EMAModel(net.parameters(), decay=st.ema_decay, use_ema_warmup=True, power=2 / 3)
+    amp_fp16 = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_fp16)
+    noise_gen = torch.Generator()
+    noise_gen.manual_seed(st.seed + 1)
+    step, losses = 0, []
+    if ckpt is not None:
+        net.load_state_dict(ckpt["trainable"])
+        opt.load_state_dict(ckpt["optimizer"])
+        lr_sched.load_state_dict(ckpt["lr_scheduler"])
+        ema.load_state_dict(ckpt["ema"])
+        scaler.load_state_dict(ckpt["scaler"])
+        sampler.rng.bit_generator.state = ckpt["sampler_rng"]
+        noise_gen.set_state(ckpt["noise_rng"])
+        _set_rng_state(ckpt["rng"])
+        step, losses = int(ckpt["step"]), list(ckpt["losses"])
+    ema.to(dev)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"s2s2-tune {prep.name} {configuration} fold {fold}: {len(cases)} training case(s), {model.describe()}, "
+          f"{spec.channels} channel(s) + {spec.num_labels} label(s), {'slices resized to' if controlnet else 'crops'} "
+          f"{st.image_size}^2, batch {st.batch_size}, device {dev.type}"
+          f"{' (mixed precision)' if dev.type == 'cuda' else ''}; step {step} -> {st.steps} -> {out}")
+
+    def checkpoint():
+        _save_atomic({"step": step, "settings": st.training(), "spec": asdict(spec), "trainable": net.state_dict(),
+                      "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict(),
+                      "scaler": scaler.state_dict(), "sampler_rng": sampler.rng.bit_generator.state,
+                      "noise_rng": noise_gen.get_state(), "rng": _rng_state(), "losses": losses}, ckpt_file)
+
+    t0, start = time.time(), step
+    with tqdm(total=st.steps, initial=step, desc="s2s2-tune", unit="step", disable=not progress,
+              file=sys.stderr) as bar:
+        while step < st.steps:
+            imgs, labs = sampler.batch(st.batch_size)
+            x0 = _standardised(model, imgs, dev)
+            loss = model.training_loss(x0, torch.from_numpy(labs).to(dev), noise_gen)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            lr_sched.step()
+            ema.step(net.parameters())
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix_str(f"loss {np.mean(losses[-50:]):.4f}")
+            if step % st.save_every == 0 and step < st.steps:
+                checkpoint()
+                print(f"s2s2-tune: step {step}, loss (last {min(st.save_every, 500)}) "
+                      f"{np.mean(losses[-min(st.save_every, 500):]):.4f}, checkpoint {ckpt_file}")
+    dt = time.time() - t0
+    checkpoint()
+    final = model.replaced(_ema_copy(net, ema))
+    final.save(out, info={"step": step, "final_loss": float(np.mean(losses[-100:])) if losses else None})
+    if preview:
+        write_preview(out / "preview.png", final, sampler, n=preview, steps=st.preview_ddim_steps)
+    if step > start:
+        print(f"s2s2-tune: {step - start} step(s) in {dt:.1f} s ({(step - start) / max(dt, 1e-9):.2f} steps/s, "
+              f"{(step - start) * st.batch_size / max(dt, 1e-9):.1f} crops/s)")
+    print(f"s2s2-tune: step {step}, loss {np.mean(losses[-100:]) if losses else float('nan'):.4f}; model {out}")
+    return out
+
+
+__all__ = ["tune", "TuneSettings", "training_cases", "SliceSampler", "write_preview"]
