@@ -15,9 +15,18 @@
   picks the most probable class among those above 0.5 and background where none is (GMS's 0.5 threshold for one
   class), and its softmax / sliding-window averaging work on them unchanged.
 * **Training mode** returns ``{"latents": {level: z}, "probs": {level: p}}`` for the three heads the loss uses
-  (``out``, ``level1``, ``level2``; ``level3`` is not decoded: the loss does not use it). With a KL VAE the
-  image latent is a posterior sample instead of the mean with probability ``posterior_p`` (0.5; the sample is
-  scaled like the mean).
+  (``out``, ``level1``, ``level2``; ``level3`` is neither computed nor decoded: the loss does not use it). With a
+  KL VAE the image latent is a posterior sample instead of the mean with probability ``posterior_p`` (0.5; the
+  sample is scaled like the mean).
+* **Speed** (the frozen VAE dominates a training step; measured in the README's GMS section). The trainer encodes
+  the images and the class masks in **one** encoder call (``prepare_training_batch``; the image latents are
+  handed to the next training forward), the encoder runs without autograd, the three heads are decoded in
+  **one** decoder call (the decoder's weights need no gradient, only its input does), eval mode computes only
+  the ``out`` head, and the mapping model's attention is PyTorch's fused ``scaled_dot_product_attention``. None
+  of this changes the maths (``tests/test_gms.py`` compares loss and gradients with the plain formulation).
+  ``optimise(channels_last, compile)``: channels-last memory format and in-place ``torch.compile`` of the
+  mapping model and the VAE's encoder and decoder (the trainer does it on CUDA only; the state dict keeps its
+  keys).
 * **The VAE is not part of the module's parameters or state dict**: it stays frozen, out of the optimiser and out
   of every checkpoint. The state dict carries the VAE's folder and checksum (``get_extra_state``); loading it
   with a different VAE fails with a clear error.
@@ -53,6 +62,8 @@ class GMSNetwork(FrozenModelNetwork):
         self.mapping = LatentMappingModel(lc, lc * self.num_fg, width)
         self.attach_frozen(vae)
         self._vae_checksum = checksum(vae.folder)
+        self._pending_latent = None  # (image latent, image shape) from prepare_training_batch, used once
+        self._channels_last = False
 
     @property
     def vae(self) -> FrozenVAE:
@@ -63,24 +74,77 @@ class GMSNetwork(FrozenModelNetwork):
         x = 2 * x - 1 if self.intensity == "unit" else torch.clamp(x / 3, -1, 1)
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
+
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        return self.vae.encode(self.to_vae_range(x), sample=sample)
+        return self.vae.encode(self._memory_format(self.to_vae_range(x)), sample=sample)
+
+    @staticmethod
+    def masks_to_grey(onehot_fg: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Binary masks (b, K, H, W) -> grey images (b * K, 3, H, W) in [-1, 1] (0 -> -1, 1 -> 1)."""
+        b, k, h, w = onehot_fg.shape
+        return (onehot_fg.reshape(b * k, 1, h, w).to(dtype) * 2 - 1).expand(-1, 3, -1, -1)
+
+    def _vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def _group_mask_latents(self, z: torch.Tensor, b: int) -> torch.Tensor:
+        return z.reshape(b, -1, *z.shape[2:])  # (b * K, c, h, w) -> (b, K * c, h, w)
 
     @torch.no_grad()
     def encode_masks(self, onehot_fg: torch.Tensor) -> torch.Tensor:
         """Mask latents (b, latent_channels * K, h, w) of binary masks (b, K, H, W)."""
-        b, k, h, w = onehot_fg.shape
-        grey = (onehot_fg.reshape(b * k, 1, h, w).float() * 2 - 1).expand(-1, 3, -1, -1)
-        z = self.vae.encode(grey)
-        return z.reshape(b, k * z.shape[1], *z.shape[2:])
+        z = self.vae.encode(self._memory_format(self.masks_to_grey(onehot_fg, self._vae_dtype())))
+        return self._group_mask_latents(z, onehot_fg.shape[0])
+
+    @torch.no_grad()
+    def encode_images_and_masks(self, x: torch.Tensor, onehot_fg: torch.Tensor, sample: bool = False):
+        """``(image latents, mask latents)`` from **one** encoder call on the images and the K class masks
+        (the same values as ``encode_images(x, sample)`` and ``encode_masks(onehot_fg)``; with a KL VAE the
+        masks get the posterior mean, the images a sample when ``sample``, drawn as diffusers draws it)."""
+        b = x.shape[0]
+        both = self._memory_format(torch.cat((self.to_vae_range(x), self.masks_to_grey(onehot_fg, x.dtype)), 0))
+        vae = self.vae
+        if vae.is_kl:
+            dist = vae.model.encode(both).latent_dist
+            z_img = dist.mean[:b]
+            if sample:
+                std = dist.std[:b]
+                z_img = z_img + std * torch.randn(z_img.shape, device=z_img.device, dtype=z_img.dtype)
+            z_img, z_mask = z_img * vae.scaling_factor, dist.mean[b:] * vae.scaling_factor
+        else:
+            z = vae.encode(both)
+            z_img, z_mask = z[:b], z[b:]
+        return z_img, self._group_mask_latents(z_mask, b)
+
+    def prepare_training_batch(self, x: torch.Tensor, onehot_fg: torch.Tensor) -> torch.Tensor:
+        """The train step's encoder work in one call: returns the mask latents (the latent-MSE targets) and keeps
+        the image latents for the next training-mode ``forward(x)`` of the same images (used once). Draws the
+        posterior-sampling decision as ``forward`` would (KL VAEs)."""
+        sample = self.training and self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
+        z_img, z_mask = self.encode_images_and_masks(x, onehot_fg, sample=sample)
+        self._pending_latent = (z_img, tuple(x.shape))
+        return z_mask
+
+    def _image_latent(self, x: torch.Tensor, sample: bool) -> torch.Tensor:
+        pending, self._pending_latent = self._pending_latent, None
+        if pending is None:
+            return self.encode_images(x, sample=sample)
+        z, shape = pending
+        if shape != tuple(x.shape):
+            raise RuntimeError(f"GMSNetwork: the image latents of prepare_training_batch are for inputs of shape "
+                               f"{shape}, the forward got {tuple(x.shape)}")
+        return z
 
     def decode_masks(self, z: torch.Tensor) -> torch.Tensor:
         """Class probabilities (b, K, H, W) from mask latents; gradients flow through the frozen decoder."""
         b, kc, h, w = z.shape
         lc = kc // self.num_fg
         img = self.vae.decode(z.reshape(b * self.num_fg, lc, h, w))
-        p = ((img.float().mean(1) + 1) / 2).clamp(0, 1)
+        img = img.float() if img.element_size() < 4 else img  # half precision (autocast) -> float32
+        p = ((img.mean(1) + 1) / 2).clamp(0, 1)
         return p.reshape(b, self.num_fg, *p.shape[1:])
 
     @staticmethod
@@ -89,12 +153,32 @@ class GMSNetwork(FrozenModelNetwork):
         return torch.log(s) - torch.log1p(-s)
 
     def forward(self, x: torch.Tensor):
-        sample = self.training and self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
-        heads = self.mapping(self.encode_images(x, sample=sample))
-        if self.training:
-            return {"latents": {lv: heads[lv] for lv in USED_LEVELS},
-                    "probs": {lv: self.decode_masks(heads[lv]) for lv in USED_LEVELS}}
-        return self.probs_to_logits(self.decode_masks(heads["out"]))
+        if not self.training:
+            self._pending_latent = None
+            heads = self.mapping(self.encode_images(x), levels=("out",))
+            return self.probs_to_logits(self.decode_masks(heads["out"]))
+        pending = self._pending_latent is not None  # prepare_training_batch drew the sampling decision already
+        sample = not pending and self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
+        heads = self.mapping(self._image_latent(x, sample), levels=USED_LEVELS)
+        latents = [heads[lv] for lv in USED_LEVELS]
+        probs = self.decode_masks(torch.cat(latents, 0)).split(x.shape[0], 0)  # the heads in one decoder call
+        return {"latents": dict(zip(USED_LEVELS, latents)), "probs": dict(zip(USED_LEVELS, probs))}
+
+    # ---- speed settings (the trainer applies them on CUDA) ------------------------------------------------
+    def optimise(self, channels_last: bool = False, compile: bool = False, compile_backend: str = "inductor"):
+        """Channels-last memory format for the mapping model and the VAE, and/or ``torch.compile`` of the mapping
+        model and the VAE's encoder and decoder, in place (``nn.Module.compile``: parameters and state-dict keys
+        unchanged, so checkpoints are those of the plain network). Returns ``self``."""
+        if channels_last:
+            self.to(memory_format=torch.channels_last)  # _apply: the frozen VAE too
+            self._channels_last = True
+        if compile:
+            self.mapping.compile(backend=compile_backend)
+            for name in ("encoder", "decoder"):  # AutoencoderKL's and AutoencoderTiny's heavy parts
+                part = getattr(self.vae.model, name, None)
+                if isinstance(part, nn.Module):
+                    part.compile(backend=compile_backend)
+        return self
 
     # ---- the VAE's identity in the state dict ------------------------------------------------------------
     def get_extra_state(self) -> Dict[str, str]:
