@@ -15,25 +15,25 @@
   picks the most probable class among those above 0.5 and background where none is (GMS's 0.5 threshold for one
   class), and its softmax / sliding-window averaging work on them unchanged.
 * **Training mode** returns ``{"latents": {level: z}, "probs": {level: p}}`` for the three heads the loss uses
-  (``out``, ``level1``, ``level2``; ``level3`` is neither computed nor decoded: the loss does not use it). With a
-  KL VAE the image latent is a posterior sample instead of the mean with probability ``posterior_p`` (0.5; the
-  sample is scaled like the mean).
-* **Speed** (the frozen VAE dominates a training step; measured in the README's GMS section). The trainer encodes
-  the images and the class masks in **one** encoder call (``prepare_training_batch``; the image latents are
-  handed to the next training forward), the encoder runs without autograd, the three heads are decoded in
-  **one** decoder call (the decoder's weights need no gradient, only its input does), eval mode computes only
-  the ``out`` head, and the mapping model's attention is PyTorch's fused ``scaled_dot_product_attention``. None
-  of this changes the maths (``tests/test_gms.py`` compares loss and gradients with the plain formulation).
-  ``optimise(channels_last, compile)``: channels-last memory format and in-place ``torch.compile`` of the
-  mapping model and the VAE's encoder and decoder (the trainer does it on CUDA only; the state dict keeps its
-  keys).
+  (``out``, ``level1``, ``level2``; ``level3`` is neither computed nor decoded: the loss does not use it), and
+  ``"mask_latent"`` when ``forward(x, onehot_fg)`` gets the class masks too. With a KL VAE the image latent is a
+  posterior sample instead of the mean with probability ``posterior_p`` (0.5; the sample is scaled like the mean,
+  noise included).
+* **Speed** (the frozen VAE dominates a training step). Given the masks, the images and the b * K masks go
+  through the encoder in **one** call (without autograd); the three heads go through the decoder in **one** call
+  (its weights need no gradient, only its input); eval mode computes only the ``out`` head; the mapping model's
+  attention is PyTorch's fused ``scaled_dot_product_attention``. The maths is unchanged (``tests/test_gms.py``
+  compares loss, gradients and logits with the plain formulation in float64). Not done: caching image latents
+  (nnU-Net augments every sample every iteration, so an encoder input practically never comes back), and
+  channels-last / per-part ``torch.compile`` (not measured on a GPU; nnU-Net's own ``torch.compile`` of the whole
+  network applies on CUDA as for any trainer).
 * **The VAE is not part of the module's parameters or state dict**: it stays frozen, out of the optimiser and out
   of every checkpoint. The state dict carries the VAE's folder and checksum (``get_extra_state``); loading it
   with a different VAE fails with a clear error.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,8 @@ from nnunet_ext.errors import UserError
 from nnunet_ext.gms.mapping import LatentMappingModel
 
 USED_LEVELS = ("out", "level1", "level2")
+
+
 class VAEChangedError(UserError):
     """The VAE differs from the one the model was trained with."""
 
@@ -62,8 +64,6 @@ class GMSNetwork(FrozenModelNetwork):
         self.mapping = LatentMappingModel(lc, lc * self.num_fg, width)
         self.attach_frozen(vae)
         self._vae_checksum = checksum(vae.folder)
-        self._pending_latent = None  # (image latent, image shape) from prepare_training_batch, used once
-        self._channels_last = False
 
     @property
     def vae(self) -> FrozenVAE:
@@ -74,69 +74,33 @@ class GMSNetwork(FrozenModelNetwork):
         x = 2 * x - 1 if self.intensity == "unit" else torch.clamp(x / 3, -1, 1)
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
-    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
-
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        return self.vae.encode(self._memory_format(self.to_vae_range(x)), sample=sample)
+        return self.vae.encode(self.to_vae_range(x), sample=sample)
 
     @staticmethod
-    def masks_to_grey(onehot_fg: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def masks_to_grey(onehot_fg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Binary masks (b, K, H, W) -> grey images (b * K, 3, H, W) in [-1, 1] (0 -> -1, 1 -> 1)."""
         b, k, h, w = onehot_fg.shape
         return (onehot_fg.reshape(b * k, 1, h, w).to(dtype) * 2 - 1).expand(-1, 3, -1, -1)
 
-    def _vae_dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
-
-    def _group_mask_latents(self, z: torch.Tensor, b: int) -> torch.Tensor:
-        return z.reshape(b, -1, *z.shape[2:])  # (b * K, c, h, w) -> (b, K * c, h, w)
-
-    @torch.no_grad()
-    def encode_masks(self, onehot_fg: torch.Tensor) -> torch.Tensor:
-        """Mask latents (b, latent_channels * K, h, w) of binary masks (b, K, H, W)."""
-        z = self.vae.encode(self._memory_format(self.masks_to_grey(onehot_fg, self._vae_dtype())))
-        return self._group_mask_latents(z, onehot_fg.shape[0])
-
     @torch.no_grad()
     def encode_images_and_masks(self, x: torch.Tensor, onehot_fg: torch.Tensor, sample: bool = False):
-        """``(image latents, mask latents)`` from **one** encoder call on the images and the K class masks
-        (the same values as ``encode_images(x, sample)`` and ``encode_masks(onehot_fg)``; with a KL VAE the
-        masks get the posterior mean, the images a sample when ``sample``, drawn as diffusers draws it)."""
+        """``(image latents (b, c, h, w), mask latents (b, c * K, h, w))`` from **one** encoder call on the b images
+        and the b * K class masks. With a KL VAE the masks get the posterior mean and the images, when ``sample``,
+        the sample ``(mean + std * eps) * scaling_factor`` (eps drawn as ``FrozenVAE.encode(sample=True)`` draws it)."""
         b = x.shape[0]
-        both = self._memory_format(torch.cat((self.to_vae_range(x), self.masks_to_grey(onehot_fg, x.dtype)), 0))
-        vae = self.vae
-        if vae.is_kl:
-            dist = vae.model.encode(both).latent_dist
+        both = torch.cat((self.to_vae_range(x), self.masks_to_grey(onehot_fg, x.dtype)), 0)
+        if self.vae.is_kl:
+            dist = self.vae.model.encode(both).latent_dist
             z_img = dist.mean[:b]
-            if sample:
-                std = dist.std[:b]
-                z_img = z_img + std * torch.randn(z_img.shape, device=z_img.device, dtype=z_img.dtype)
-            z_img, z_mask = z_img * vae.scaling_factor, dist.mean[b:] * vae.scaling_factor
+            if sample:  # torch.randn of the shape (not randn_like of the strided view): diffusers' draw
+                z_img = z_img + dist.std[:b] * torch.randn(z_img.shape, device=z_img.device, dtype=z_img.dtype)
+            z_img, z_mask = z_img * self.vae.scaling_factor, dist.mean[b:] * self.vae.scaling_factor
         else:
-            z = vae.encode(both)
+            z = self.vae.encode(both)
             z_img, z_mask = z[:b], z[b:]
-        return z_img, self._group_mask_latents(z_mask, b)
-
-    def prepare_training_batch(self, x: torch.Tensor, onehot_fg: torch.Tensor) -> torch.Tensor:
-        """The train step's encoder work in one call: returns the mask latents (the latent-MSE targets) and keeps
-        the image latents for the next training-mode ``forward(x)`` of the same images (used once). Draws the
-        posterior-sampling decision as ``forward`` would (KL VAEs)."""
-        sample = self.training and self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
-        z_img, z_mask = self.encode_images_and_masks(x, onehot_fg, sample=sample)
-        self._pending_latent = (z_img, tuple(x.shape))
-        return z_mask
-
-    def _image_latent(self, x: torch.Tensor, sample: bool) -> torch.Tensor:
-        pending, self._pending_latent = self._pending_latent, None
-        if pending is None:
-            return self.encode_images(x, sample=sample)
-        z, shape = pending
-        if shape != tuple(x.shape):
-            raise RuntimeError(f"GMSNetwork: the image latents of prepare_training_batch are for inputs of shape "
-                               f"{shape}, the forward got {tuple(x.shape)}")
-        return z
+        return z_img, z_mask.reshape(b, -1, *z_mask.shape[2:])  # (b * K, c, h, w) -> (b, K * c, h, w)
 
     def decode_masks(self, z: torch.Tensor) -> torch.Tensor:
         """Class probabilities (b, K, H, W) from mask latents; gradients flow through the frozen decoder."""
@@ -152,33 +116,25 @@ class GMSNetwork(FrozenModelNetwork):
         s = torch.cat((torch.full_like(p[:, :1], 0.5), p), 1).clamp(eps, 1 - eps)
         return torch.log(s) - torch.log1p(-s)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, onehot_fg: Optional[torch.Tensor] = None):
+        """Eval mode: logits of the ``out`` head (the only head computed). Training mode: the three heads the loss
+        uses, decoded in one decoder call; with ``onehot_fg`` (b, K, H, W) the images and masks are encoded in one
+        encoder call and the output also holds the mask latents (``mask_latent``, the latent-MSE target)."""
         if not self.training:
-            self._pending_latent = None
             heads = self.mapping(self.encode_images(x), levels=("out",))
             return self.probs_to_logits(self.decode_masks(heads["out"]))
-        pending = self._pending_latent is not None  # prepare_training_batch drew the sampling decision already
-        sample = not pending and self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
-        heads = self.mapping(self._image_latent(x, sample), levels=USED_LEVELS)
+        sample = self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
+        if onehot_fg is None:
+            z_img, z_mask = self.encode_images(x, sample=sample), None
+        else:
+            z_img, z_mask = self.encode_images_and_masks(x, onehot_fg, sample=sample)
+        heads = self.mapping(z_img, levels=USED_LEVELS)
         latents = [heads[lv] for lv in USED_LEVELS]
         probs = self.decode_masks(torch.cat(latents, 0)).split(x.shape[0], 0)  # the heads in one decoder call
-        return {"latents": dict(zip(USED_LEVELS, latents)), "probs": dict(zip(USED_LEVELS, probs))}
-
-    # ---- speed settings (the trainer applies them on CUDA) ------------------------------------------------
-    def optimise(self, channels_last: bool = False, compile: bool = False, compile_backend: str = "inductor"):
-        """Channels-last memory format for the mapping model and the VAE, and/or ``torch.compile`` of the mapping
-        model and the VAE's encoder and decoder, in place (``nn.Module.compile``: parameters and state-dict keys
-        unchanged, so checkpoints are those of the plain network). Returns ``self``."""
-        if channels_last:
-            self.to(memory_format=torch.channels_last)  # _apply: the frozen VAE too
-            self._channels_last = True
-        if compile:
-            self.mapping.compile(backend=compile_backend)
-            for name in ("encoder", "decoder"):  # AutoencoderKL's and AutoencoderTiny's heavy parts
-                part = getattr(self.vae.model, name, None)
-                if isinstance(part, nn.Module):
-                    part.compile(backend=compile_backend)
-        return self
+        out = {"latents": dict(zip(USED_LEVELS, latents)), "probs": dict(zip(USED_LEVELS, probs))}
+        if z_mask is not None:
+            out["mask_latent"] = z_mask
+        return out
 
     # ---- the VAE's identity in the state dict ------------------------------------------------------------
     def get_extra_state(self) -> Dict[str, str]:

@@ -9,13 +9,11 @@ and 1; ``train_losses`` logs the Dice part, ``latent_mse`` the latent part. Opti
 weight decay 0.01, linear warm-up from 0 over 5 epochs, then cosine to 0. nnU-Net's deep supervision is off
 (the heads all work at the latent resolution; the loss uses them directly).
 
-Speed: the train step encodes images and masks in one VAE encoder call (``GMSNetwork.prepare_training_batch``)
-and the network decodes the three heads in one decoder call. On CUDA, ``gms_channels_last`` and ``gms_compile``
-(both on by default; ``gms_compile`` also follows nnU-Net's ``nnUNet_compile``) put the network in channels-last
-memory format and compile the mapping model and the VAE's encoder and decoder in place, instead of nnU-Net's
-``torch.compile`` of the whole network (whose Python control flow, e.g. the posterior-sampling draw, would break
-the graph). Image latents are **not** cached: nnU-Net augments every sample (spatial and intensity transforms,
-random crop positions), so the same encoder input practically never comes back.
+Speed: the train step gives the network the class masks too (``training_forward``), so that images and masks go
+through the VAE encoder in one call and the three heads through the decoder in one call (``GMSNetwork``); on
+CUDA the mask latents are therefore computed under the train step's autocast, like the image latents.
+Image latents are **not** cached: nnU-Net augments every sample each iteration (spatial and intensity
+transforms, random crop positions), so the same encoder input practically never comes back.
 """
 from __future__ import annotations
 
@@ -23,12 +21,9 @@ import math
 from typing import List
 
 import torch
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunet_ext.core.loss_terms import LossTerm
-from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.core.trainer import nnUNetTrainerExt
 from nnunet_ext.errors import UserError
 from nnunet_ext.core.intensity import intensity_mode
@@ -65,11 +60,6 @@ class nnUNetTrainerGMS(nnUNetTrainerExt):
     gms_width: int = 32
     gms_posterior_p: float = 0.5
     gms_warmup_epochs: int = 5
-    #: CUDA only: channels-last memory format for the mapping model and the VAE
-    gms_channels_last: bool = True
-    #: CUDA only (and if nnU-Net's ``nnUNet_compile`` allows it): torch.compile the mapping model and the VAE's
-    #: encoder and decoder in place (checkpoints unchanged)
-    gms_compile: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -94,17 +84,6 @@ class nnUNetTrainerGMS(nnUNetTrainerExt):
         if not self.was_initialized and (lm.has_regions or lm.has_ignore_label):
             raise UserError(f"{type(self).__name__} supports class labels without regions or an ignore label")
         super().initialize()
-        if self.device.type == "cuda":
-            # channels_last is not switched on under DDP: the network is already wrapped, and changing the
-            # parameters' memory format would no longer match DDP's gradient buckets
-            channels_last = self.gms_channels_last and not self.is_ddp
-            compile_ = self.gms_compile and super()._do_i_compile()
-            unwrap_network(self.network).optimise(channels_last=channels_last, compile=compile_)
-            self.print_to_log_file(f"GMS speed settings (CUDA): channels_last={channels_last}, "
-                                   f"torch.compile of the mapping model and the VAE={compile_}")
-
-    def _do_i_compile(self):
-        return False  # not nnU-Net's compile of the whole network: initialize() compiles the parts (gms_compile)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
@@ -119,12 +98,7 @@ class nnUNetTrainerGMS(nnUNetTrainerExt):
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # the GMS heads are fixed parts of the mapping model; the loss picks the ones it uses
 
-    def train_step(self, batch: dict) -> dict:
-        data, target = self.batch_to_device(batch)
-        net = unwrap_network(self.network)
-        onehot = onehot_foreground(target, self.label_manager.num_segmentation_heads)
-        # images and masks in one encoder call (under the autocast the forward gets); the network's next forward
-        # uses the image latents made here
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            mask_latent = net.prepare_training_batch(data, onehot)
-        return self.step_with_terms(data, target, extras={"mask_latent": mask_latent})
+    def training_forward(self, data, target):
+        """The network gets the class masks too: one encoder call for images and masks; the output carries the
+        mask latents (``mask_latent``) for ``LatentMSETerm``."""
+        return self.network(data, onehot_foreground(target, self.label_manager.num_segmentation_heads))
