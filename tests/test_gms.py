@@ -1,6 +1,7 @@
 """GMS: the latent mapping model (shape, parameter count), the network around the frozen VAE (logits, state dict
-without the VAE, a changed VAE detected), and end to end with the real TAESD weights on the synthetic 2D dataset
-(plan-gms, nnUNetv2_train -tr nnUNetTrainerGMS, nnUNetv2_predict, Dice above chance); a missing VAE's error."""
+without the VAE, a changed VAE detected), the fast training path against the plain formulation (same loss and
+gradients), and end to end with the real TAESD weights on the synthetic 2D dataset (plan-gms, nnUNetv2_train -tr
+nnUNetTrainerGMS, nnUNetv2_predict, Dice above chance); a missing VAE's error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import SHARED, foreground_dice_2d, run_cli
 
+from nnunet_ext.core.loss_terms import StepState
 from nnunet_ext.core.vae import VAE_ENV, load_vae
-from nnunet_ext.gms.mapping import LatentMappingModel
-from nnunet_ext.gms.network import GMSDiceLoss, GMSNetwork, VAEChangedError, onehot_foreground
+from nnunet_ext.gms.mapping import LatentMappingModel, SpatialSelfAttention
+from nnunet_ext.gms.network import (USED_LEVELS, GMSDiceLoss, GMSNetwork, VAEChangedError, onehot_foreground,
+                                    soft_dice_loss)
+from nnunet_ext.gms.term import LatentMSETerm
 
 TAESD = SHARED / "weights" / "taesd"
 
@@ -63,6 +68,94 @@ def test_network_logits_state_dict_and_changed_vae(tmp_path):
     with pytest.raises(VAEChangedError, match=VAE_ENV):
         other.load_state_dict(net.state_dict())
     GMSNetwork(load_vae(str(tmp_path / "a")), 3, 1, width=16).load_state_dict(net.state_dict())  # same VAE: fine
+
+
+def _explicit_attention(self, x):
+    """The attention as first written (explicit hw x hw matrix), for comparison with the fused one."""
+    b, c, h, w = x.shape
+    n = self.norm(x)
+    q, k, v = self.q(n).flatten(2).transpose(1, 2), self.k(n).flatten(2), self.v(n).flatten(2)
+    attn = torch.softmax(torch.bmm(q, k) * c ** -0.5, dim=-1)
+    return x + self.proj(torch.bmm(v, attn.transpose(1, 2)).view(b, c, h, w))
+
+
+def _plain_loss(net, x, target, num_classes):
+    """GMS's training loss the plain way: the encoder called for the masks and then for the images (posterior
+    draw as before), all four heads, one decoder call per head, explicit attention."""
+    onehot = onehot_foreground(target, num_classes)
+    b, k, h, w = onehot.shape
+    with torch.no_grad():
+        zm = net.vae.encode((onehot.reshape(b * k, 1, h, w).to(x.dtype) * 2 - 1).expand(-1, 3, -1, -1))
+        zm = zm.reshape(b, -1, *zm.shape[2:])
+        sample = net.vae.is_kl and bool(torch.rand(()) < net.posterior_p)
+        zi = net.vae.encode(net.to_vae_range(x), sample=sample)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SpatialSelfAttention, "forward", _explicit_attention)
+        heads = net.mapping(zi)
+    return sum(soft_dice_loss(net.decode_masks(heads[lv]), onehot) + F.mse_loss(heads[lv], zm) for lv in USED_LEVELS)
+
+
+def _fast_loss(net, x, target, num_classes):
+    """What nnUNetTrainerGMS's train step computes: the network given the masks (one encoder call), then the loss."""
+    out = net(x, onehot_foreground(target, num_classes))
+    state = StepState(data=x, target=target, output=out)
+    return GMSDiceLoss(num_classes)(out, target) + LatentMSETerm()(state)["latent_mse"].value
+
+
+def _tiny_taesd_like(folder):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+                    latent_channels=4).save_pretrained(str(folder))
+    return load_vae(str(folder))
+
+
+@pytest.mark.parametrize("vae_kind", ["tiny", "kl_mean", "kl_sampled"])
+def test_fast_training_path_gives_the_same_loss_and_gradients(vae_kind, tmp_path):
+    """One batched encoder call (images + masks), the heads decoded in one call, only the used heads, fused
+    attention: the loss and every gradient of the mapping model equal those of the plain formulation (AutoencoderTiny;
+    AutoencoderKL with the posterior mean and with a posterior sample). In float64, so that the comparison is tight:
+    in float32, rounding noise of the other summation order flips a few ReLU / clamp kinks of the decoder, and
+    single gradient entries then differ by up to ~1e-4 of the gradient's scale."""
+    if vae_kind == "tiny":
+        vae, size, num_classes, in_ch, p = _tiny_taesd_like(tmp_path / "tiny"), 32, 2, 3, 0.5
+    else:
+        vae, size, num_classes, in_ch, p = _tiny_kl(tmp_path / "kl", 0), 16, 3, 1, float(vae_kind == "kl_sampled")
+    torch.manual_seed(1)
+    net = GMSNetwork(vae, num_classes, in_ch, "zscore", width=16, posterior_p=p)
+    net.train().double()  # the VAE too
+    x = torch.randn(2, in_ch, size, size, dtype=torch.float64)
+    target = torch.randint(0, num_classes, (2, 1, size, size))
+    results = []
+    for fn in (_plain_loss, _fast_loss):
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(2)  # the same posterior draw (kl_sampled) for both
+        loss = fn(net, x, target, num_classes)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in net.named_parameters()}))
+    (l_plain, g_plain), (l_fast, g_fast) = results
+    assert l_fast.dtype == torch.float64
+    torch.testing.assert_close(l_fast, l_plain, rtol=1e-10, atol=1e-12)
+    assert {n for n, g in g_plain.items() if g is None} == {n for n, g in g_fast.items() if g is None}
+    # tolerances relative to the scale of the whole gradient (some true gradients are 0, e.g. of a convolution's bias
+    # followed by a per-channel GroupNorm, and come out as rounding noise both ways)
+    names = [n for n, g in g_plain.items() if g is not None]
+    flat_plain, flat_fast = (torch.cat([g[n].flatten() for n in names]) for g in (g_plain, g_fast))
+    scale = float(flat_plain.abs().max())
+    for n in names:
+        torch.testing.assert_close(g_fast[n], g_plain[n], rtol=1e-7, atol=1e-9 * scale, msg=lambda m: f"{n}: {m}")
+    assert float((flat_fast - flat_plain).norm()) <= 1e-9 * float(flat_plain.norm())
+    assert g_fast["mapping.stem.weight"].abs().sum() > 0
+    # evaluation mode (nnU-Net's validation and prediction): the same logits as from all four heads
+    net.eval()
+    with torch.no_grad():
+        logits = net(x)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(SpatialSelfAttention, "forward", _explicit_attention)
+            plain = net.probs_to_logits(net.decode_masks(net.mapping(net.encode_images(x))["out"]))
+    torch.testing.assert_close(logits, plain, rtol=1e-9, atol=1e-9)
 
 
 @pytest.fixture(scope="module")

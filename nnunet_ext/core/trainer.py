@@ -114,9 +114,14 @@ class nnUNetTrainerExt(nnUNetTrainer):
         """nnU-Net's segmentation loss (Dice + CE, deep supervision) of ``output``; ``train_losses`` logs it."""
         return self.loss(output, target)
 
+    def training_forward(self, data, target):
+        """The network's output in the train step: ``self.network(data)`` (a method whose network also takes the
+        target overrides this)."""
+        return self.network(data)
+
     def forward_with_terms(self, data, target, extras: dict | None = None):
         """One forward pass: returns ``(total, seg_loss, {name: WeightedTerm})``."""
-        output = self.network(data)
+        output = self.training_forward(data, target)
         features = self.feature_taps.pop() if self.feature_taps is not None else {}
         seg_loss = self.segmentation_loss(output, target)
         state = StepState(data=data, target=target, output=output, features=features, extras=dict(extras or {}))

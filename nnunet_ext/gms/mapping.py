@@ -9,7 +9,8 @@ information is lost to pooling):
   output (the last one: the input convolution's output);
 * every block = a residual block (GroupNorm(16) -> PReLU -> 3x3 conv, twice; a 1x1 convolution on the skip
   path when the width changes) followed by single-head spatial self-attention (GroupNorm, 1x1 q / k / v,
-  softmax over positions scaled by 1/sqrt(C), 1x1 output projection, residual);
+  softmax over positions scaled by 1/sqrt(C), 1x1 output projection, residual; computed with PyTorch's fused
+  ``scaled_dot_product_attention``);
 * a head (GroupNorm -> SiLU -> 3x3 conv, no bias) on each decoder block: ``level3`` (deepest, computed but not
   used by the loss), ``level2``, ``level1`` and the final ``out``.
 
@@ -17,9 +18,10 @@ With ``width`` 32 and 4 -> 4 channels it has 1,564,976 trainable parameters, as 
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -38,12 +40,11 @@ class SpatialSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         n = self.norm(x)
-        q = self.q(n).flatten(2).transpose(1, 2)  # (b, hw, c)
-        k = self.k(n).flatten(2)  # (b, c, hw)
-        v = self.v(n).flatten(2)  # (b, c, hw)
-        attn = torch.softmax(torch.bmm(q, k) * c ** -0.5, dim=-1)  # (b, hw queries, hw keys)
-        out = torch.bmm(v, attn.transpose(1, 2)).view(b, c, h, w)
-        return x + self.proj(out)
+        # out[:, :, i] = sum_j softmax_j(q_i . k_j / sqrt(c)) v_j: PyTorch's fused attention (the same maths as
+        # softmax(q k^T / sqrt(c)) v with explicit matrices, without storing the hw x hw matrix for backward)
+        q, k, v = (m(n).flatten(2).transpose(1, 2)[:, None] for m in (self.q, self.k, self.v))  # (b, 1, hw, c)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(c)
+        return x + self.proj(out[:, 0].transpose(1, 2).reshape(b, c, h, w))
 
 
 class ResidualBlock(nn.Module):
@@ -88,7 +89,10 @@ class LatentMappingModel(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, z: torch.Tensor, levels: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        """The heads' outputs ``{level: latent}``; ``levels``: only these heads (default: all four). The decoder
+        blocks all run either way (each feeds the next); a head that is not asked for is not computed."""
+        levels = self.LEVELS if levels is None else tuple(levels)
         x0 = self.stem(z)
         enc = [x0]
         for block in self.encoder:
@@ -97,5 +101,6 @@ class LatentMappingModel(nn.Module):
         out = {}
         for i, (block, head) in enumerate(zip(self.decoder, self.heads)):
             h = block(torch.cat((enc[3 - i], h), dim=1))
-            out[self.LEVELS[i]] = head(h)
+            if self.LEVELS[i] in levels:
+                out[self.LEVELS[i]] = head(h)
         return out

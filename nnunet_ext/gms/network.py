@@ -15,16 +15,25 @@
   picks the most probable class among those above 0.5 and background where none is (GMS's 0.5 threshold for one
   class), and its softmax / sliding-window averaging work on them unchanged.
 * **Training mode** returns ``{"latents": {level: z}, "probs": {level: p}}`` for the three heads the loss uses
-  (``out``, ``level1``, ``level2``; ``level3`` is not decoded: the loss does not use it). With a KL VAE the
-  image latent is a posterior sample instead of the mean with probability ``posterior_p`` (0.5; the sample is
-  scaled like the mean).
+  (``out``, ``level1``, ``level2``; ``level3`` is neither computed nor decoded: the loss does not use it), and
+  ``"mask_latent"`` when ``forward(x, onehot_fg)`` gets the class masks too. With a KL VAE the image latent is a
+  posterior sample instead of the mean with probability ``posterior_p`` (0.5; the sample is scaled like the mean,
+  noise included).
+* **Speed** (the frozen VAE dominates a training step). Given the masks, the images and the b * K masks go
+  through the encoder in **one** call (without autograd); the three heads go through the decoder in **one** call
+  (its weights need no gradient, only its input); eval mode computes only the ``out`` head; the mapping model's
+  attention is PyTorch's fused ``scaled_dot_product_attention``. The maths is unchanged (``tests/test_gms.py``
+  compares loss, gradients and logits with the plain formulation in float64). Not done: caching image latents
+  (nnU-Net augments every sample every iteration, so an encoder input practically never comes back), and
+  channels-last / per-part ``torch.compile`` (not measured on a GPU; nnU-Net's own ``torch.compile`` of the whole
+  network applies on CUDA as for any trainer).
 * **The VAE is not part of the module's parameters or state dict**: it stays frozen, out of the optimiser and out
   of every checkpoint. The state dict carries the VAE's folder and checksum (``get_extra_state``); loading it
   with a different VAE fails with a clear error.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +45,8 @@ from nnunet_ext.errors import UserError
 from nnunet_ext.gms.mapping import LatentMappingModel
 
 USED_LEVELS = ("out", "level1", "level2")
+
+
 class VAEChangedError(UserError):
     """The VAE differs from the one the model was trained with."""
 
@@ -67,20 +78,37 @@ class GMSNetwork(FrozenModelNetwork):
     def encode_images(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         return self.vae.encode(self.to_vae_range(x), sample=sample)
 
-    @torch.no_grad()
-    def encode_masks(self, onehot_fg: torch.Tensor) -> torch.Tensor:
-        """Mask latents (b, latent_channels * K, h, w) of binary masks (b, K, H, W)."""
+    @staticmethod
+    def masks_to_grey(onehot_fg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Binary masks (b, K, H, W) -> grey images (b * K, 3, H, W) in [-1, 1] (0 -> -1, 1 -> 1)."""
         b, k, h, w = onehot_fg.shape
-        grey = (onehot_fg.reshape(b * k, 1, h, w).float() * 2 - 1).expand(-1, 3, -1, -1)
-        z = self.vae.encode(grey)
-        return z.reshape(b, k * z.shape[1], *z.shape[2:])
+        return (onehot_fg.reshape(b * k, 1, h, w).to(dtype) * 2 - 1).expand(-1, 3, -1, -1)
+
+    @torch.no_grad()
+    def encode_images_and_masks(self, x: torch.Tensor, onehot_fg: torch.Tensor, sample: bool = False):
+        """``(image latents (b, c, h, w), mask latents (b, c * K, h, w))`` from **one** encoder call on the b images
+        and the b * K class masks. With a KL VAE the masks get the posterior mean and the images, when ``sample``,
+        the sample ``(mean + std * eps) * scaling_factor`` (eps drawn as ``FrozenVAE.encode(sample=True)`` draws it)."""
+        b = x.shape[0]
+        both = torch.cat((self.to_vae_range(x), self.masks_to_grey(onehot_fg, x.dtype)), 0)
+        if self.vae.is_kl:
+            dist = self.vae.model.encode(both).latent_dist
+            z_img = dist.mean[:b]
+            if sample:  # torch.randn of the shape (not randn_like of the strided view): diffusers' draw
+                z_img = z_img + dist.std[:b] * torch.randn(z_img.shape, device=z_img.device, dtype=z_img.dtype)
+            z_img, z_mask = z_img * self.vae.scaling_factor, dist.mean[b:] * self.vae.scaling_factor
+        else:
+            z = self.vae.encode(both)
+            z_img, z_mask = z[:b], z[b:]
+        return z_img, z_mask.reshape(b, -1, *z_mask.shape[2:])  # (b * K, c, h, w) -> (b, K * c, h, w)
 
     def decode_masks(self, z: torch.Tensor) -> torch.Tensor:
         """Class probabilities (b, K, H, W) from mask latents; gradients flow through the frozen decoder."""
         b, kc, h, w = z.shape
         lc = kc // self.num_fg
         img = self.vae.decode(z.reshape(b * self.num_fg, lc, h, w))
-        p = ((img.float().mean(1) + 1) / 2).clamp(0, 1)
+        img = img.float() if img.element_size() < 4 else img  # half precision (autocast) -> float32
+        p = ((img.mean(1) + 1) / 2).clamp(0, 1)
         return p.reshape(b, self.num_fg, *p.shape[1:])
 
     @staticmethod
@@ -88,13 +116,25 @@ class GMSNetwork(FrozenModelNetwork):
         s = torch.cat((torch.full_like(p[:, :1], 0.5), p), 1).clamp(eps, 1 - eps)
         return torch.log(s) - torch.log1p(-s)
 
-    def forward(self, x: torch.Tensor):
-        sample = self.training and self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
-        heads = self.mapping(self.encode_images(x, sample=sample))
-        if self.training:
-            return {"latents": {lv: heads[lv] for lv in USED_LEVELS},
-                    "probs": {lv: self.decode_masks(heads[lv]) for lv in USED_LEVELS}}
-        return self.probs_to_logits(self.decode_masks(heads["out"]))
+    def forward(self, x: torch.Tensor, onehot_fg: Optional[torch.Tensor] = None):
+        """Eval mode: logits of the ``out`` head (the only head computed). Training mode: the three heads the loss
+        uses, decoded in one decoder call; with ``onehot_fg`` (b, K, H, W) the images and masks are encoded in one
+        encoder call and the output also holds the mask latents (``mask_latent``, the latent-MSE target)."""
+        if not self.training:
+            heads = self.mapping(self.encode_images(x), levels=("out",))
+            return self.probs_to_logits(self.decode_masks(heads["out"]))
+        sample = self.vae.is_kl and bool(torch.rand(()) < self.posterior_p)
+        if onehot_fg is None:
+            z_img, z_mask = self.encode_images(x, sample=sample), None
+        else:
+            z_img, z_mask = self.encode_images_and_masks(x, onehot_fg, sample=sample)
+        heads = self.mapping(z_img, levels=USED_LEVELS)
+        latents = [heads[lv] for lv in USED_LEVELS]
+        probs = self.decode_masks(torch.cat(latents, 0)).split(x.shape[0], 0)  # the heads in one decoder call
+        out = {"latents": dict(zip(USED_LEVELS, latents)), "probs": dict(zip(USED_LEVELS, probs))}
+        if z_mask is not None:
+            out["mask_latent"] = z_mask
+        return out
 
     # ---- the VAE's identity in the state dict ------------------------------------------------------------
     def get_extra_state(self) -> Dict[str, str]:

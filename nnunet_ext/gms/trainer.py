@@ -8,6 +8,12 @@ Loss (GMS): sum over the heads ``out``, ``level1``, ``level2`` of MSE(latent) + 
 and 1; ``train_losses`` logs the Dice part, ``latent_mse`` the latent part. Optimiser (GMS): AdamW, lr 2e-3,
 weight decay 0.01, linear warm-up from 0 over 5 epochs, then cosine to 0. nnU-Net's deep supervision is off
 (the heads all work at the latent resolution; the loss uses them directly).
+
+Speed: the train step gives the network the class masks too (``training_forward``), so that images and masks go
+through the VAE encoder in one call and the three heads through the decoder in one call (``GMSNetwork``); on
+CUDA the mask latents are therefore computed under the train step's autocast, like the image latents.
+Image latents are **not** cached: nnU-Net augments every sample each iteration (spatial and intensity
+transforms, random crop positions), so the same encoder input practically never comes back.
 """
 from __future__ import annotations
 
@@ -18,7 +24,6 @@ import torch
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunet_ext.core.loss_terms import LossTerm
-from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.core.trainer import nnUNetTrainerExt
 from nnunet_ext.errors import UserError
 from nnunet_ext.core.intensity import intensity_mode
@@ -93,8 +98,7 @@ class nnUNetTrainerGMS(nnUNetTrainerExt):
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # the GMS heads are fixed parts of the mapping model; the loss picks the ones it uses
 
-    def train_step(self, batch: dict) -> dict:
-        data, target = self.batch_to_device(batch)
-        net = unwrap_network(self.network)
-        mask_latent = net.encode_masks(onehot_foreground(target, self.label_manager.num_segmentation_heads))
-        return self.step_with_terms(data, target, extras={"mask_latent": mask_latent})
+    def training_forward(self, data, target):
+        """The network gets the class masks too: one encoder call for images and masks; the output carries the
+        mask latents (``mask_latent``) for ``LatentMSETerm``."""
+        return self.network(data, onehot_foreground(target, self.label_manager.num_segmentation_heads))

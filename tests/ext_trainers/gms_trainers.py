@@ -6,8 +6,8 @@ from nnunet_ext.gms.trainer import nnUNetTrainerGMS
 
 
 class nnUNetTrainerGMS_tiny(ScheduleMixin, nnUNetTrainerGMS):
-    """3 epochs x 20 iterations, no warm-up, lr 5e-3 (GMS's own schedule needs hundreds of epochs)."""
-    schedule = {"num_epochs": 3, "num_iterations_per_epoch": 20, "num_val_iterations_per_epoch": 2, "save_every": 1}
+    """2 epochs x 15 iterations, no warm-up, lr 5e-3 (GMS's own schedule needs hundreds of epochs)."""
+    schedule = {"num_epochs": 2, "num_iterations_per_epoch": 15, "num_val_iterations_per_epoch": 1, "save_every": 1}
     gms_warmup_epochs = 0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
