@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fd import machine  # noqa: E402
-from bench_hippocampus_fd_quality import _bin, run  # noqa: E402
+from bench_hippocampus_fd_quality import _bin, converted_and_planned_2d, run  # noqa: E402
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
 SHARED = REPO.parent / "shared"
@@ -94,14 +94,7 @@ def prepare(args) -> dict:
         sys.exit(f"{args.dataset}: source {source} not found (../shared/data)")
     if not Path(args.vae).is_dir():
         sys.exit(f"VAE folder {args.vae} not found: pass --vae (e.g. TAESD's two safetensors files)")
-    raw = Path(os.environ["nnUNet_raw"])
-    if not list(raw.glob(f"Dataset{ds_id:03d}_*")):
-        run([_bin("nnunet-ext"), "convert", converter, "--source", source, "--id", ds_id])
-    name = next(raw.glob(f"Dataset{ds_id:03d}_*")).name
-    pre = Path(os.environ["nnUNet_preprocessed"]) / name
-    plans_file = pre / f"{PLANS}.json"
-    if not plans_file.is_file() or not list((pre / f"{PLANS}_2d").glob("*.b2nd")):
-        run([_bin("nnUNetv2_plan_and_preprocess"), "-d", ds_id, "-c", "2d", "-np", 2])
+    name, pre, plans_file = converted_and_planned_2d(ds_id, converter, source, PLANS)
     plans = json.loads(plans_file.read_text())
     if "gms_2d" not in plans["configurations"]:
         run([_bin("nnunet-ext"), "plan-gms", "-d", ds_id])
@@ -113,7 +106,7 @@ def prepare(args) -> dict:
         plans["configurations"][CONFIG] = want
         _write_json_atomic(plans_file, plans)
     base = plans["configurations"]["2d"]
-    return {"id": ds_id, "name": name, "pre": pre, "raw": raw / name,
+    return {"id": ds_id, "name": name, "pre": pre, "raw": Path(os.environ["nnUNet_raw"]) / name,
             "patch_size": want["patch_size"], "batch_size": want.get("batch_size", base["batch_size"]),
             "plan_2d": {"patch_size": base["patch_size"], "batch_size": base["batch_size"]}}
 

@@ -76,6 +76,21 @@ def run(cmd, env=None) -> None:
         sys.exit(f"failed (exit code {rc}): {' '.join(map(str, cmd))}\nre-run the same command to continue")
 
 
+def converted_and_planned_2d(ds_id: int, converter: str, source: Path, plans: str = "nnUNetPlans") -> tuple:
+    """Convert ``source`` with ``nnunet-ext convert CONVERTER`` to DatasetXXX in $nnUNet_raw and run nnU-Net's
+    2d planning and preprocessing, each step skipped when done. Returns (dataset name, preprocessed folder,
+    plans file)."""
+    raw = Path(os.environ["nnUNet_raw"])
+    if not list(raw.glob(f"Dataset{ds_id:03d}_*")):
+        run([_bin("nnunet-ext"), "convert", converter, "--source", source, "--id", ds_id])
+    name = next(raw.glob(f"Dataset{ds_id:03d}_*")).name
+    pre = Path(os.environ["nnUNet_preprocessed"]) / name
+    plans_file = pre / f"{plans}.json"
+    if not plans_file.is_file() or not list((pre / f"{plans}_2d").glob("*.b2nd")):
+        run([_bin("nnUNetv2_plan_and_preprocess"), "-d", ds_id, "-c", "2d", "-np", 2])
+    return name, pre, plans_file
+
+
 def setup_env(workdir: Path) -> None:
     for k, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
         os.environ[k] = str(workdir / sub)

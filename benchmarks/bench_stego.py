@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fd import machine  # noqa: E402
-from bench_hippocampus_fd_quality import _bin, run  # noqa: E402
+from bench_hippocampus_fd_quality import _bin, converted_and_planned_2d, run  # noqa: E402
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
 SHARED = REPO.parent / "shared"
@@ -77,14 +77,7 @@ def prepare(name: str, args) -> dict:
     ds_id, converter, source, k = DATASETS[name]
     if not source.is_dir():
         sys.exit(f"{name}: source {source} not found (../shared/data)")
-    raw = Path(os.environ["nnUNet_raw"])
-    if not list(raw.glob(f"Dataset{ds_id:03d}_*")):
-        run([_bin("nnunet-ext"), "convert", converter, "--source", source, "--id", ds_id])
-    ds_name = next(raw.glob(f"Dataset{ds_id:03d}_*")).name
-    pre = Path(os.environ["nnUNet_preprocessed"]) / ds_name
-    plans_file = pre / f"{PLANS}.json"
-    if not plans_file.is_file() or not list((pre / f"{PLANS}_2d").glob("*.b2nd")):
-        run([_bin("nnUNetv2_plan_and_preprocess"), "-d", ds_id, "-c", "2d", "-np", 2])
+    ds_name, pre, plans_file = converted_and_planned_2d(ds_id, converter, source, PLANS)
     plans = json.loads(plans_file.read_text())
     base = plans["configurations"]["2d"]
     patch = [min(p, args.max_patch) for p in base["patch_size"]]
