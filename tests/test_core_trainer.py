@@ -1,0 +1,46 @@
+"""nnUNetTrainerExt.run_training: when nnU-Net's loop raises, every augmenter the trainer holds is shut down before
+the error propagates (so a crashed run exits instead of waiting on worker processes), and a failing shutdown never
+hides the original error."""
+import pytest
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_ext.core.trainer import nnUNetTrainerExt
+
+
+class _Augmenter:
+    def __init__(self, fail: bool = False):
+        self.finished, self.fail = 0, fail
+
+    def _finish(self):
+        self.finished += 1
+        if self.fail:
+            raise OSError("worker already gone")
+
+
+def _trainer(**loaders):
+    t = nnUNetTrainerExt.__new__(nnUNetTrainerExt)
+    for name, value in loaders.items():
+        setattr(t, name, value)
+    return t
+
+
+def test_a_crash_shuts_every_augmenter_down_and_propagates(monkeypatch, capsys):
+    def crash(self):
+        raise RuntimeError("crash in epoch 2")
+
+    monkeypatch.setattr(nnUNetTrainer, "run_training", crash)
+    train, val, unlabeled = _Augmenter(), _Augmenter(fail=True), _Augmenter()
+    not_a_loader = _Augmenter()
+    t = _trainer(dataloader_train=train, dataloader_val=val, dataloader_unlabeled=unlabeled, other=not_a_loader)
+    with pytest.raises(RuntimeError, match="crash in epoch 2"):
+        t.run_training()
+    assert (train.finished, val.finished, unlabeled.finished) == (1, 1, 1)
+    assert not_a_loader.finished == 0, "only the trainer's dataloader* attributes"
+    assert "could not shut down dataloader_val" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_left_to_nnunet(monkeypatch):
+    monkeypatch.setattr(nnUNetTrainer, "run_training", lambda self: None)
+    train = _Augmenter()
+    _trainer(dataloader_train=train, dataloader_val=None).run_training()
+    assert train.finished == 0, "nnU-Net's on_train_end shuts its loaders down itself"
