@@ -44,3 +44,29 @@ def test_a_finished_run_is_left_to_nnunet(monkeypatch):
     train = _Augmenter()
     _trainer(dataloader_train=train, dataloader_val=None).run_training()
     assert train.finished == 0, "nnU-Net's on_train_end shuts its loaders down itself"
+
+
+def test_no_final_validation_mixin_skips_and_says_why():
+    from nnunet_ext.core.schedule import NoFinalValidationMixin
+
+    class Base:
+        validated = False
+
+        def perform_actual_validation(self, save_probabilities=False):
+            self.validated = True
+
+    class Short(NoFinalValidationMixin, Base):
+        def __init__(self):
+            self.lines = []
+
+        def print_to_log_file(self, *args):
+            self.lines.append(" ".join(map(str, args)))
+
+    class Kept(Short):
+        skip_final_validation = False
+
+    short, kept = Short(), Kept()
+    short.perform_actual_validation()
+    kept.perform_actual_validation()
+    assert not short.validated and short.lines == ["Short: final validation skipped"]
+    assert kept.validated and kept.lines == []

@@ -20,6 +20,8 @@ import os
 import signal
 from pathlib import Path
 
+from nnunet_ext.core.schedule import NoFinalValidationMixin
+
 #: test hook: after this epoch (0-based, checkpoint written) the trainer kills its parent (the benchmark)
 #: and itself with SIGKILL, as an external ``kill -9`` would. Set by the benchmark for one run only.
 KILL_ENV = "nnUNet_ext_bench_kill_after_epoch"
@@ -27,18 +29,13 @@ KILL_ENV = "nnUNet_ext_bench_kill_after_epoch"
 VARIANT_SUFFIX = "__bench"
 
 
-class BenchMixin:
+class BenchMixin(NoFinalValidationMixin):
     """Benchmark variant behaviour (see the module doc)."""
 
     #: the benchmark predicts the test cases itself; nnU-Net's validation would do it a second time
     skip_final_validation: bool = True
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        if self.skip_final_validation:
-            self.print_to_log_file("nnunet-ext benchmark: final validation skipped (the benchmark predicts the "
-                                   "held-out cases with nnUNetv2_predict)")
-            return
-        return super().perform_actual_validation(save_probabilities)
+    skip_final_validation_reason = ("nnunet-ext benchmark: final validation skipped (the benchmark predicts the "
+                                    "held-out cases with nnUNetv2_predict)")
 
     def on_epoch_end(self):
         epoch = self.current_epoch

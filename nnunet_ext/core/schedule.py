@@ -32,6 +32,22 @@ class ScheduleMixin:
             setattr(self, k, v)
 
 
+class NoFinalValidationMixin:
+    """Skips nnU-Net's validation of the fold at the end of training (``perform_actual_validation``: sliding-window
+    prediction of every validation case, export, metrics), for short-schedule variants whose checkpoint is used
+    otherwise (``nnUNetv2_predict`` reads ``checkpoint_final.pth``). Per-epoch validation still runs. Set
+    ``skip_final_validation = False`` on a subclass to keep it; the reason goes to the training log."""
+
+    skip_final_validation: bool = True
+    skip_final_validation_reason: str = "final validation skipped"
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.skip_final_validation:
+            self.print_to_log_file(f"{type(self).__name__}: {self.skip_final_validation_reason}")
+            return
+        return super().perform_actual_validation(save_probabilities)
+
+
 def schedule_variant_source(base_module: str, base_class: str, name: str, schedule: dict) -> str:
     """Python source of a one-class trainer module ``name(ScheduleMixin, base_class)`` with ``schedule``.
 

@@ -1,18 +1,19 @@
 """Test-only short-schedule CPS trainers (this folder is on nnUNet_extTrainer in the tests)."""
 import os
 
-from nnunet_ext.core.schedule import ScheduleMixin
+from nnunet_ext.core.schedule import NoFinalValidationMixin, ScheduleMixin
 from nnunet_ext.cps.trainer import nnUNetTrainerCPS, nnUNetTrainerCPS_UIF
+
 
 CPS_TINY = {"num_epochs": 3, "num_iterations_per_epoch": 6, "num_val_iterations_per_epoch": 1, "save_every": 1}
 
 
-class nnUNetTrainerCPS_tiny(ScheduleMixin, nnUNetTrainerCPS):
+class nnUNetTrainerCPS_tiny(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainerCPS):
     schedule = CPS_TINY
     unlabeled_batch_size = 1
 
 
-class nnUNetTrainerCPS_UIF_tiny(ScheduleMixin, nnUNetTrainerCPS_UIF):
+class nnUNetTrainerCPS_UIF_tiny(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainerCPS_UIF):
     """Scores at epoch 1 (warm-up 1/3), keeps half of the unlabelled cases, 2 patches per case."""
     schedule = CPS_TINY
     unlabeled_batch_size = 1

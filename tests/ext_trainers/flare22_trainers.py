@@ -4,16 +4,11 @@ Both skip nnU-Net's final validation (test time; sliding-window inference of the
 nnUNetv2_predict, per-epoch validation still runs)."""
 import os
 
-from nnunet_ext.core.schedule import ScheduleMixin
+from nnunet_ext.core.schedule import NoFinalValidationMixin, ScheduleMixin
 from nnunet_ext.flare22.trainer import nnUNetTrainerFLARE22
 
 
-class _NoFinalValidation:
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("test trainer: final validation skipped")
-
-
-class nnUNetTrainerFLARE22_tiny(_NoFinalValidation, ScheduleMixin, nnUNetTrainerFLARE22):
+class nnUNetTrainerFLARE22_tiny(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainerFLARE22):
     """3 epochs of 2 iterations; UIF scores at epoch 1 and keeps half of the unlabelled cases (1 patch each)."""
     schedule = {"num_epochs": 3, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1, "save_every": 1}
     unlabeled_batch_size = 1
@@ -28,7 +23,7 @@ class nnUNetTrainerFLARE22_tiny(_NoFinalValidation, ScheduleMixin, nnUNetTrainer
         super().on_epoch_start()
 
 
-class nnUNetTrainerFLARE22_micro(_NoFinalValidation, ScheduleMixin, nnUNetTrainerFLARE22):
+class nnUNetTrainerFLARE22_micro(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainerFLARE22):
     """1 epoch of 2 iterations."""
     schedule = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
     unlabeled_batch_size = 1

@@ -8,7 +8,7 @@ is scored) and skip nnU-Net's final validation of the fold: that validation spaw
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ext.core.schedule import ScheduleMixin
+from nnunet_ext.core.schedule import NoFinalValidationMixin, ScheduleMixin
 from nnunet_ext.fd.trainer import nnUNetTrainerFD
 
 #: the 3d_fullres FD model whose prediction is scored: the schedule of tiny_trainers.TINY
@@ -17,18 +17,13 @@ WALK_FD = {"num_epochs": 3, "num_iterations_per_epoch": 10, "num_val_iterations_
 WALK_MICRO = {"num_epochs": 1, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1, "save_every": 1}
 
 
-class _NoFinalValidation:
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("final validation skipped (README walk test trainer)")
-
-
-class nnUNetTrainer_readmeWalk(_NoFinalValidation, ScheduleMixin, nnUNetTrainer):
+class nnUNetTrainer_readmeWalk(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainer):
     schedule = WALK_MICRO
 
 
-class nnUNetTrainerFD_readmeWalk(_NoFinalValidation, ScheduleMixin, nnUNetTrainerFD):
+class nnUNetTrainerFD_readmeWalk(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainerFD):
     schedule = WALK_FD
 
 
-class nnUNetTrainerFD_readmeWalkMicro(_NoFinalValidation, ScheduleMixin, nnUNetTrainerFD):
+class nnUNetTrainerFD_readmeWalkMicro(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainerFD):
     schedule = WALK_MICRO
