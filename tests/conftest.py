@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 TEST_TRAINERS = Path(__file__).resolve().parent / "ext_trainers"
 DS3D, DS2D = 501, 502
+#: threads of every process the tests start: 2 OpenMP threads that sleep instead of spinning while they wait
+THREADS_ENV = {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _bin(name: str) -> str:
@@ -42,7 +44,7 @@ def nnunet_env(nnunet_dirs):
     env = ext_trainer_env([TEST_TRAINERS])
     env.update(nnUNet_raw=str(nnunet_dirs["raw"]), nnUNet_preprocessed=str(nnunet_dirs["preprocessed"]),
                nnUNet_results=str(nnunet_dirs["results"]), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
-               nnUNet_compile="false", OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", PYTHONWARNINGS="ignore")
+               nnUNet_compile="false", PYTHONWARNINGS="ignore", **THREADS_ENV)
     return env
 
 
@@ -62,8 +64,7 @@ def _forkserver():
 
         folder = tempfile.mkdtemp(prefix="nnunet_ext_forkserver_")
         path = os.path.join(folder, "socket")
-        env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", PYTHONWARNINGS="ignore",
-                   MPLBACKEND="Agg")
+        env = dict(os.environ, PYTHONWARNINGS="ignore", MPLBACKEND="Agg", **THREADS_ENV)
         server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkserver.py")), path], env=env,
                                   stdout=subprocess.PIPE, text=True)
         if server.stdout.readline().strip() != "forkserver ready":

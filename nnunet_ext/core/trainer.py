@@ -80,7 +80,8 @@ class nnUNetTrainerExt(nnUNetTrainer):
             raise
 
     def shut_down_augmenters(self) -> None:
-        """Stop the worker processes of every augmenter held in this trainer's attributes (errors ignored)."""
+        """Stop the worker processes of every augmenter in this trainer's ``dataloader*`` attributes; a failure
+        is printed, never raised (the error that stopped training is the one to see)."""
         for name, value in list(vars(self).items()):
             finish = getattr(value, "_finish", None) if name.startswith("dataloader") else None
             if callable(finish):
