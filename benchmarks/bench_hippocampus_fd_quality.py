@@ -15,7 +15,11 @@ Every step is resumable: re-running the same command continues where it stopped.
    ``WORKDIR/benchmark``: per class Dice / NSD / HD95 mean ± sd over seeds, paired per-case differences
    with 95% bootstrap CIs, the time-per-iteration ratio, a box plot.
 5. ``nnunet-ext robustness`` on the same models (the first seed's by default; ``--robustness-seeds``),
-   unless ``--no-robustness``.
+   unless ``--no-robustness``. Steps 4 and 5 go one seed at a time, so each seed's robustness runs while its
+   models exist.
+   Resuming across sessions: every finished run's results and each seed's robustness tables are copied to
+   ``--records`` (default ``benchmarks/results/records/fd_hippocampus/``, a few kB per run, no models; commit
+   it as runs finish). A later session, with an empty workdir, restores them instead of re-running.
 6. Writes ``benchmarks/results/fd_hippocampus_benchmark_<date>.{md,json}`` with the exact command, date and
    machine, the benchmark's tables and the robustness table.
 
@@ -25,6 +29,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import csv
+import gzip
+import io
 import json
 import os
 import shlex
@@ -61,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--robustness-args", default="--disable-tta",
                    help="extra arguments for nnunet-ext robustness (one string)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--records", default=str(REPO / "benchmarks" / "results" / "records" / "fd_hippocampus"),
+                   help="finished runs' results and robustness tables (a few kB each, no models), committed as they "
+                        "come: a later session restores them instead of re-running ('' = off)")
     return p.parse_args(argv)
 
 
@@ -132,6 +142,71 @@ def write_split(workdir: Path, name: str) -> tuple:
     return train, test
 
 
+def robustness_of_seed(args, out: Path, workdir: Path, seed: str, records) -> dict:
+    """``nnunet-ext robustness`` on the seed's models (resumable), its tables kept in RECORDS/robustness/seed<s>/.
+
+    Recorded tables are used as they are (a later session no longer has the models)."""
+    rec = records / "robustness" / f"seed{seed}" if records is not None else None
+    rob_out = workdir / "robustness" / f"seed{seed}"
+    if rec is not None and (rec / "robustness.md").is_file():
+        print(f"robustness of seed {seed}: recorded in {rec} (kept)")
+        return {"folder": str(rec), "markdown": (rec / "robustness.md").read_text(),
+                "per_case": str(rec / "robustness_per_case.csv.gz")}
+    from nnunet_ext.paths import ext_trainer_env
+    bench = json.loads((out / "benchmark.json").read_text())
+    fold, name = bench["protocol"]["fold"], bench["protocol"]["dataset_name"]
+    variants = [t.strip() + "__bench" for t in args.trainers.split(",") if t.strip()]
+    seed_dir = out / "runs" / f"seed{seed}"
+    missing = [v for v in variants if not (seed_dir / name / f"{v}__{args.plans}__{args.configuration}" /
+                                           f"fold_{fold}" / "checkpoint_final.pth").is_file()]
+    if missing:
+        print(f"robustness of seed {seed}: skipped, no models of {', '.join(missing)} in {seed_dir} (runs restored "
+              f"from records) and no recorded tables in {rec}")
+        return {"folder": None, "markdown": None}
+    env = ext_trainer_env([out / "trainers"])
+    env["nnUNet_results"] = str(seed_dir)
+    run([_bin("nnunet-ext"), "robustness", "-d", DATASET_ID, "-c", args.configuration, "-tr", ",".join(variants),
+         "-f", fold, "-p", args.plans, "-o", rob_out, "-device", args.device,
+         *shlex.split(args.robustness_args)], env=env)
+    md = rob_out / "robustness.md"
+    if rec is not None:
+        rec.mkdir(parents=True, exist_ok=True)
+        # robustness.md last: it marks the record complete; the per-case table compressed (~10x smaller)
+        for f, dst in (("robustness.csv", "robustness.csv"), ("robustness.png", "robustness.png"),
+                       ("robustness_per_case.csv", "robustness_per_case.csv.gz"), ("robustness.md", "robustness.md")):
+            if (rob_out / f).is_file():
+                data = (rob_out / f).read_bytes()
+                tmp = rec / (dst + ".tmp")
+                tmp.write_bytes(gzip.compress(data, mtime=0) if dst.endswith(".gz") else data)
+                os.replace(tmp, rec / dst)
+    return {"folder": str(rob_out), "markdown": md.read_text() if md.is_file() else None,
+            "per_case": str(rob_out / "robustness_per_case.csv")}
+
+
+def robustness_over_seeds(robustness: dict, trainers: list) -> tuple:
+    """Per corruption, over all seeds with tables: Dice per trainer and the paired per-case difference against the
+    first trainer with a 95% bootstrap CI (:mod:`nnunet_ext.robustness.compare`). Returns (result, markdown)."""
+    from nnunet_ext.robustness.compare import compare_under_corruptions, comparison_markdown
+    rows, seeds = [], []
+    for s, r in robustness.items():
+        path = Path(r.get("per_case") or "")
+        if not path.is_file():
+            continue
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        variants = {t + "__bench": t for t in trainers}
+        rows += [dict(q, seed=s, trainer=variants.get(q["trainer"], q["trainer"]))
+                 for q in csv.DictReader(io.StringIO(text))]
+        seeds.append(s)
+    if not rows:
+        return None, ""
+    cmp = compare_under_corruptions(rows, trainers)
+    md = (f"Mean foreground Dice per corruption over seeds {', '.join(seeds)}, severities >= 1 (clean: the unmodified "
+          f"test images), cases and classes; difference against {trainers[0]} paired by case, class, seed and "
+          f"severity, averaged per case, mean over cases with a 95% bootstrap CI (cases resampled).\n\n"
+          + comparison_markdown(cmp))
+    return {"seeds": seeds, "per_corruption": cmp}, md
+
+
 def machine(device: str) -> str:
     from nnunet_ext.benchmark.report import machine as m
     return m(device)
@@ -150,39 +225,40 @@ def main(argv=None):
     name = prepare(args, workdir)
     train, test = write_split(workdir, name)
     out = workdir / "benchmark"
-    bench_cmd = [_bin("nnunet-ext"), "benchmark", "-d", DATASET_ID, "-c", args.configuration, "-p", args.plans,
-                 "-tr", args.trainers, "--seeds", args.seeds, "--iterations", args.iterations,
-                 "--iterations-per-epoch", args.iterations_per_epoch, "--train-list", train, "--test-list", test,
-                 "-o", out, "-device", args.device]
-    if args.val_iterations:
-        bench_cmd += ["--val-iterations", args.val_iterations]
-    if args.tta:
-        bench_cmd.append("--tta")
-    run(bench_cmd)
-    bench = json.loads((out / "benchmark.json").read_text())
-    fold = bench["protocol"]["fold"]
+    records = Path(args.records).resolve() if args.records else None
 
+    def bench_cmd(seeds: str) -> list:
+        cmd = [_bin("nnunet-ext"), "benchmark", "-d", DATASET_ID, "-c", args.configuration, "-p", args.plans,
+               "-tr", args.trainers, "--seeds", seeds, "--iterations", args.iterations,
+               "--iterations-per-epoch", args.iterations_per_epoch, "--train-list", train, "--test-list", test,
+               "-o", out, "-device", args.device]
+        if args.val_iterations:
+            cmd += ["--val-iterations", args.val_iterations]
+        if args.tta:
+            cmd.append("--tta")
+        if records is not None:
+            cmd += ["--records", records]
+        return cmd
+
+    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    rob_seeds = [s.strip() for s in (args.robustness_seeds or seeds[0]).split(",") if s.strip()]
     robustness = {}
-    if not args.no_robustness:
-        from nnunet_ext.paths import ext_trainer_env
-        seeds = [s.strip() for s in (args.robustness_seeds or args.seeds.split(",")[0]).split(",") if s.strip()]
-        variants = ",".join(t.strip() + "__bench" for t in args.trainers.split(",") if t.strip())
-        for s in seeds:
-            env = ext_trainer_env([out / "trainers"])
-            env["nnUNet_results"] = str(out / "runs" / f"seed{s}")
-            rob_out = workdir / "robustness" / f"seed{s}"
-            run([_bin("nnunet-ext"), "robustness", "-d", DATASET_ID, "-c", args.configuration, "-tr", variants,
-                 "-f", fold, "-p", args.plans, "-o", rob_out, "-device", args.device,
-                 *shlex.split(args.robustness_args)], env=env)
-            md = rob_out / "robustness.md"
-            robustness[s] = {"folder": str(rob_out), "markdown": md.read_text() if md.is_file() else None}
+    for s in seeds:  # one seed at a time: its robustness runs while its models exist
+        run(bench_cmd(s))
+        if not args.no_robustness and s in rob_seeds:
+            robustness[s] = robustness_of_seed(args, out, workdir, s, records)
+    run(bench_cmd(",".join(seeds)))  # the report over all seeds (every run kept or restored from the records)
+    bench = json.loads((out / "benchmark.json").read_text())
+    final_cmd = bench_cmd(",".join(seeds))
 
     date = _dt.datetime.now().isoformat(timespec="seconds")
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
                                    [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    trainer_list = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    rob_cmp, rob_cmp_md = robustness_over_seeds(robustness, trainer_list)
     result = {"command": command, "date": date, "machine": machine(args.device), "workdir": str(workdir),
-              "benchmark_command": "nnunet-ext " + " ".join(shlex.quote(str(c)) for c in bench_cmd[1:]),
-              "benchmark": bench, "robustness": robustness}
+              "benchmark_command": "nnunet-ext " + " ".join(shlex.quote(str(c)) for c in final_cmd[1:]),
+              "benchmark": bench, "robustness": robustness, "robustness_over_seeds": rob_cmp}
     res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
     stem = res_dir / f"fd_hippocampus_benchmark_{date[:10]}"
@@ -192,6 +268,8 @@ def main(argv=None):
     lines = ["# FD vs stock nnU-Net on MSD Hippocampus: multi-seed benchmark", "",
              f"Command: `{command}`  ", f"Date: {date}  ", f"Machine: {result['machine']}", "",
              f"Benchmark: `{result['benchmark_command']}`", "", "## Benchmark", "", body.strip(), ""]
+    if rob_cmp_md:
+        lines += ["## Robustness over seeds", "", rob_cmp_md, ""]
     for s, r in robustness.items():
         if r["markdown"]:
             rob = r["markdown"].strip().replace("\n## ", "\n### ")

@@ -21,10 +21,10 @@ def _fold_dir(out: Path, seed: int, trainer: str, dataset_name: str) -> Path:
 
 
 def test_benchmark_kill_resume_report(dataset2d, nnunet_env, tmp_path):
-    out = tmp_path / "bench"
+    out, records = tmp_path / "bench", tmp_path / "records"
     args = ["benchmark", "-d", dataset2d["id"], "-c", "2d", "-tr", ",".join(TRAINERS), "--seeds", "0,1",
             "--iterations", 2, "--iterations-per-epoch", 1, "--val-iterations", 1, "-f", 0, "-o", out,
-            "-device", "cpu", "-np", 1]
+            "-device", "cpu", "-np", 1, "--records", records]
     name = dataset2d["name"]
 
     # 1. killed (SIGKILL from inside run 2 = seed 0, nnUNetTrainerFD, after its epoch 0 and checkpoint)
@@ -86,6 +86,26 @@ def test_benchmark_kill_resume_report(dataset2d, nnunet_env, tmp_path):
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "another protocol" in err[0] and "iterations" in err[0]
+
+    # 5. the records alone (a later session: OUT and its models are gone) give the same report, nothing re-run
+    for s in (0, 1):
+        for t in TRAINERS:
+            assert {p.name for p in (records / f"seed{s}" / t).iterdir()} == \
+                {"benchmark_rows.json", "timing.json", "state.json"}
+    assert sum(p.stat().st_size for p in records.rglob("*") if p.is_file()) < 200_000
+    out2 = tmp_path / "bench_new_session"
+    args2 = list(args)
+    args2[args2.index(out)] = out2
+    proc = run_cli("nnunet-ext", args2, nnunet_env)
+    assert proc.stdout.count("restored from") == 4 and not (out2 / "runs" / "seed0" / name).exists()
+    res2 = json.loads((out2 / "benchmark.json").read_text())
+    assert res2["summary"] == res["summary"] and res2["timing"] == res["timing"]
+    # records of another protocol are refused
+    bad2 = list(args2)
+    bad2[bad2.index("--iterations") + 1] = 4
+    bad2[bad2.index(out2)] = tmp_path / "bench_other"
+    proc = run_cli("nnunet-ext", bad2, nnunet_env, check=False)
+    assert proc.returncode == 2 and "records" in proc.stderr and "iterations" in proc.stderr
 
 
 def test_benchmark_user_errors_exit_2(dataset2d, nnunet_env, tmp_path, monkeypatch, capsys):

@@ -191,6 +191,17 @@ def test_end_to_end_2d(dataset2d, nnunet_dirs, nnunet_env, tmp_path):
     assert all(r["n_cases"] == "2" for r in rows)  # fold 0 of 10 cases: 2 validation cases
     md = (out / "robustness.md").read_text()
     assert f"| {TRAINER} | gaussian_noise |" in md and f"| {TRAINER} | jpeg |" in md
+    # per case: clean once + each corruption's severity 2, 2 cases x 2 classes; the means agree with robustness.csv
+    per_case = list(csv.DictReader((out / "robustness_per_case.csv").open()))
+    assert {(r["corruption"], r["severity"]) for r in per_case} == {("clean", "0"), ("gaussian_noise", "2"),
+                                                                    ("jpeg", "2")}
+    assert len(per_case) == 3 * 2 * 2 and {r["class"] for r in per_case} == {"1", "2"}
+    for r in rows:
+        if r["class"] != "mean":
+            c = "clean" if r["severity"] == "0" else r["corruption"]
+            d = [float(q["dice"]) for q in per_case if (q["corruption"], q["severity"], q["class"]) ==
+                 (c, r["severity"], r["class"])]
+            assert abs(np.nanmean(d) - float(r["dice"])) < 1e-4, (r, d)
 
     # severity 0 is nnU-Net's own prediction of the clean images
     val = json.loads((nnunet_dirs["preprocessed"] / dataset2d["name"] / "splits_final.json").read_text())[0]["val"]
@@ -226,3 +237,36 @@ def test_end_to_end_2d(dataset2d, nnunet_dirs, nnunet_env, tmp_path):
     after = mtimes()
     changed = {p.relative_to(out).as_posix() for p in after if after[p] != before.get(p)}
     assert changed == {f"predictions/{TRAINER}/jpeg_s2/{val[0]}.png", f"evaluation/{TRAINER}/jpeg_s2.json"}
+
+
+def test_compare_under_corruptions_pairs_cases_over_seeds_and_severities():
+    from nnunet_ext.robustness.compare import compare_under_corruptions, comparison_markdown
+
+    rows = []
+    for seed in (0, 1):
+        for case in ("a", "b", "c"):
+            for cls in ("1", "2"):
+                base = 0.5 + 0.1 * "abc".index(case) + 0.01 * seed
+                rows.append({"trainer": "A", "corruption": "clean", "severity": "0", "case": case, "class": cls,
+                             "dice": base, "seed": seed})
+                rows.append({"trainer": "B", "corruption": "clean", "severity": "0", "case": case, "class": cls,
+                             "dice": base, "seed": seed})
+                for sev in (1, 2):
+                    rows.append({"trainer": "A", "corruption": "noise", "severity": str(sev), "case": case,
+                                 "class": cls, "dice": base - 0.1 * sev, "seed": seed})
+                    rows.append({"trainer": "B", "corruption": "noise", "severity": str(sev), "case": case,
+                                 "class": cls, "dice": base - 0.1 * sev + (0.2 if case == "a" else 0.05),
+                                 "seed": seed})
+    # a severity-0 row of a corruption (nnunet-ext robustness writes clean once, but older tables repeat it)
+    rows.append({"trainer": "A", "corruption": "noise", "severity": "0", "case": "a", "class": "1", "dice": 0.0,
+                 "seed": 0})
+    cmp = compare_under_corruptions(rows, ["A", "B"])
+    assert list(cmp) == ["clean", "noise"]
+    assert cmp["clean"]["A"]["mean"] == pytest.approx(0.605) and cmp["clean"]["B"]["delta"]["mean"] == 0
+    assert cmp["noise"]["A"]["mean"] == pytest.approx(0.605 - 0.15)
+    d = cmp["noise"]["B"]["delta"]
+    assert d["n_cases"] == 3 and d["mean"] == pytest.approx(0.1)
+    assert 0.05 - 1e-9 <= d["ci_low"] < 0.1 < d["ci_high"] <= 0.2 + 1e-9
+    assert cmp["noise"]["A"]["delta"] is None
+    md = comparison_markdown(cmp)
+    assert "| noise | 0.4550 | 0.5550 | +0.1000 [" in md and "ΔDice B [95% CI]" in md

@@ -92,6 +92,10 @@ def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    help="nnUNet_n_proc_DA for training (default: $nnUNet_n_proc_DA if set, else 0 on CPU "
                         "(deterministic batches), nnU-Net's default otherwise)")
     p.add_argument("--tolerance", type=float, default=S, help="NSD tolerance in mm (default 1.0)")
+    p.add_argument("--records", default=S, metavar="DIR",
+                   help="keep each finished run's results (per-case metrics, timing; a few kB, no models) in DIR and "
+                        "restore runs recorded there instead of re-running them, also into a new -o folder: commit "
+                        "DIR to continue a long benchmark in another session or on another machine")
     p.add_argument("-q", "--quiet", dest="quiet", action="store_true", default=S, help="no progress output")
 
 

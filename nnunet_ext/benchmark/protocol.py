@@ -16,9 +16,11 @@ For every (seed, trainer), seeds outer so that each seed's comparison is complet
 
 Resuming: a run whose ``checkpoint_final.pth`` exists is not retrained; one with only
 ``checkpoint_latest.pth`` is continued with ``--c`` (checkpoints are written every epoch); predictions and
-evaluations that completed are kept. ``OUT/protocol.json`` records the protocol; resuming with another
-dataset, configuration, plans, split, budget or TTA setting is refused (use another ``-o``). Trainers and
-seeds may be added.
+evaluations that completed are kept. ``--records DIR`` also keeps each finished run's results (a few kB, no
+models) in DIR, which can be committed: a run recorded there is restored instead of re-run, also into a new
+``OUT`` on another machine (see :mod:`nnunet_ext.benchmark.records`). ``OUT/protocol.json`` records the
+protocol; resuming with another dataset, configuration, plans, split, budget or TTA setting is refused (use
+another ``-o``). Trainers and seeds may be added.
 
 The split: ``-f F`` uses fold F of ``$nnUNet_preprocessed/DatasetXXX/splits_final.json`` (if the file does not
 exist yet it is written first with nnU-Net's own default 5-fold split, exactly what ``nnUNetv2_train`` would
@@ -87,6 +89,7 @@ class BenchmarkConfig:
     num_processes: Optional[int] = None
     data_workers: Optional[int] = None
     tolerance: float = 1.0
+    records: Optional[str] = None
     quiet: bool = False
 
     @classmethod
@@ -161,7 +164,7 @@ def load_config_file(path: str) -> dict:
         if key not in BenchmarkConfig.keys():
             raise BenchmarkError(f"{path}: unknown setting {k!r}; known: {', '.join(BenchmarkConfig.keys())}")
         out[key] = v
-    for key in ("train_list", "test_list", "output"):
+    for key in ("train_list", "test_list", "output", "records"):
         if isinstance(out.get(key), str) and not os.path.isabs(out[key]):
             out[key] = str((p.parent / out[key]).resolve())
     for key in ("trainers", "seeds"):
@@ -484,6 +487,11 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
                 "trainers": list(cfg.trainers), "seeds": list(cfg.seeds),
                 "created": _dt.datetime.now().isoformat(timespec="seconds")}
     _check_protocol(out, protocol)
+    records = None
+    if cfg.records:
+        from nnunet_ext.benchmark.records import RunRecords
+        records = RunRecords(cfg.records, FIXED_KEYS, BenchmarkError)
+        records.check_protocol(protocol)
 
     schedule = {"num_epochs": cfg.num_epochs, "num_iterations_per_epoch": cfg.ipe,
                 "num_val_iterations_per_epoch": cfg.vpe, "save_every": 1}
@@ -529,6 +537,10 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
         state = json.loads(state_path.read_text()) if state_path.is_file() else {"train_wall_s": 0.0, "attempts": []}
 
         final = fold_dir / "checkpoint_final.pth"
+        if records is not None and not final.is_file() and records.has(s, t):
+            records.restore(s, t, seed_dir)
+            runner.say(f"seed {s} {t}: finished earlier, restored from {records.run_dir(s, t)} (not re-run)")
+            continue
         if final.is_file():
             runner.say(f"seed {s} {t}: trained (kept)")
         else:
@@ -589,6 +601,8 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
                 raise RunFailed(f"evaluation of {pred_dir} failed: {e}") from None
             eval_dir.mkdir(parents=True, exist_ok=True)
             _write_json_atomic(rows_path, collect_rows(res, t, s))
+        if records is not None:
+            records.save(s, t, seed_dir)
 
     from nnunet_ext.benchmark.report import build_report
     return build_report(out, cfg, protocol={**json.loads((out / "protocol.json").read_text()),

@@ -16,6 +16,8 @@ Layout of the output folder (default ``$nnUNet_results/DatasetXXX/robustness_<CO
     robustness.csv                            long form: trainer, corruption, severity, class, name, dice, nsd,
                                               hd95 (means over cases), n_cases; class "mean" = evaluate_folders'
                                               overall foreground mean; severity-0 rows repeat clean_s0
+    robustness_per_case.csv                   trainer, corruption, severity, case, class, dice, nsd, hd95: every
+                                              case (clean once, as corruption "clean", severity 0)
     robustness.md                             mean foreground Dice, trainer x corruption x severity
     robustness.png                            one panel per corruption: mean foreground Dice vs severity
     run.json                                  what the results were computed with (test set, settings, models)
@@ -475,6 +477,7 @@ def run_robustness(s: Settings) -> dict:
     rows = result_rows(results, s.trainers, p["corruptions"], p["severities"], len(p["cases"]))
     paths = write_reports(out, rows, s.trainers, p["corruptions"], p["severities"],
                           title=f"{p['dataset_name']} {s.configuration} fold {p['fold']}")
+    paths["per_case_csv"] = write_per_case(out, results, s.trainers, p["corruptions"], p["severities"])
     print(f"robustness: {len(computed)} folder(s) computed, {len(skipped)} already done; wrote {paths['csv']}, "
           f"{paths['md']}, {paths['png']}", file=sys.stderr)
     return {"out": out, **paths, "rows": rows, "computed": computed, "skipped": skipped}
@@ -514,6 +517,27 @@ def result_rows(results: Dict[tuple, dict], trainers, corruptions, severities, n
                              "name": "foreground mean", "dice": _num(ov.get("dice")), "nsd": _num(ov.get("nsd")),
                              "hd95": _num(ov.get("hd95")), "n_cases": len(all_cases) or n_cases})
     return rows
+
+
+PER_CASE_COLUMNS = ("trainer", "corruption", "severity", "case", "class", "dice", "nsd", "hd95")
+
+
+def write_per_case(out: Path, results: Dict[tuple, dict], trainers, corruptions, severities) -> Path:
+    """``robustness_per_case.csv``: one row per trainer, corruption, severity, case and class (for paired
+    statistics across trainers and seeds). The clean images appear once, as corruption ``clean``, severity 0."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PER_CASE_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for t in trainers:
+        folders = [(CLEAN, 0)] + [(c, k) for c in (corruptions or []) for k in severities if k > 0]
+        for c, k in folders:
+            for r in results.get((t, f"{c}_s{k}"), {}).get("per_case", []):
+                w.writerow({"trainer": t, "corruption": c, "severity": k, "case": r.get("case"),
+                            "class": r.get("class"),
+                            **{m: f"{_num(r.get(m)):.5g}" for m in ("dice", "nsd", "hd95")}})
+    path = out / "robustness_per_case.csv"
+    _atomic_write_text(path, buf.getvalue())
+    return path
 
 
 def write_reports(out: Path, rows: List[dict], trainers, corruptions, severities, title: str = "") -> dict:
