@@ -24,6 +24,10 @@ per-batch ratio CPS / (stock 1 + stock 2) with a 95% bootstrap interval. Goal: a
 Reported: Dice per class (mean +- sd over seeds) and the share of the gap labelled-only -> upper bound that each
 method closes (goal: at least half).
 
+The quality part goes seed by seed and keeps every finished run's results in ``--records`` (default
+``benchmarks/results/records/cps_hippocampus/``, a few kB per run, no models): commit it as runs finish, and a
+later session with an empty workdir restores them instead of re-running (about 5 CPU hours in all on 2 cores).
+
 Writes ``benchmarks/results/cps_hippocampus_<part>_<date>.{md,json}`` with the command, date and machine.
 
     python benchmarks/bench_cps.py --workdir /tmp/bench_cps --part speed --batches 30
@@ -73,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--pl-keep", default="0.95", help="pseudo-label --keep")
     p.add_argument("-device", dest="device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--records", default=str(REPO / "benchmarks" / "results" / "records" / "cps_hippocampus"),
+                   help="quality: finished runs' results (a few kB each, no models), committed as they come; a later "
+                        "session restores them instead of re-running ('' = off)")
     return p.parse_args(argv)
 
 
@@ -202,46 +209,94 @@ def speed(args, info: dict, configs) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- quality
-def bench(args, dataset, trainers, train_list, test_list, out: Path, env=None) -> dict:
+SEMI = "nnUNetTrainer,nnUNetTrainerCPS,nnUNetTrainerCPS_UIF"
+
+
+def bench(args, dataset, trainers, train_list, test_list, out: Path, records=None, env=None) -> dict:
     cmd = [_bin("nnunet-ext"), "benchmark", "-d", dataset, "-c", args.configuration, "-p", PLANS, "-tr", trainers,
            "--seeds", args.seeds, "--iterations", args.iterations, "--iterations-per-epoch", args.iterations_per_epoch,
            "--train-list", train_list, "--test-list", test_list, "-o", out, "-device", args.device]
+    if records is not None:
+        cmd += ["--records", records]
     run(cmd, env)
     return json.loads((out / "benchmark.json").read_text())
 
 
-def class_means(bench_json: dict, trainer: str) -> dict:
-    """{class name: mean Dice over seeds} of one trainer (the benchmark's per-class summary)."""
-    per_class = bench_json["summary"]["trainers"][trainer]["per_class"]
+def class_means(summary: dict, trainer: str) -> dict:
+    """{class name: mean Dice over seeds} of one trainer (a benchmark's per-class summary)."""
+    per_class = summary["trainers"][trainer]["per_class"]
     return {e["name"]: e["dice"]["mean"] for e in per_class.values()}
 
 
-def quality(args, info: dict, workdir: Path) -> dict:
+def _recorded_summary(records: Path, seed: str, trainer: str):
+    """The benchmark summary of one recorded run (``nnunet-ext benchmark --records``), or None if not recorded."""
+    from nnunet_ext.benchmark.records import RunRecords
+    from nnunet_ext.benchmark.report import summarise
+    rec = RunRecords(records, ())
+    if not rec.has(int(seed), trainer):
+        return None
+    rows = json.loads((rec.run_dir(int(seed), trainer) / "benchmark_rows.json").read_text())
+    return summarise(rows, [trainer], [int(seed)])
+
+
+def pseudo_label_route(args, s: str, lists: dict, workdir: Path, records) -> dict:
+    """Stock nnUNetTrainer on labelled + pseudo-labelled cases (seed s); returns its benchmark summary.
+
+    The pseudo-labels come from seed s's labelled-only stock model of ``bench_semi``. A recorded route is read
+    from the records (a later session has neither that model nor the pseudo-labelled dataset); if the route is
+    not recorded and the model is gone (its run was restored from the records), the model is trained again with
+    the same seed in ``bench_semi_model`` (same initial weights and batches)."""
     from nnunet_ext.paths import ext_trainer_env
 
+    pl_rec = records / f"pl_seed{s}" if records is not None else None
+    if pl_rec is not None:
+        summ = _recorded_summary(pl_rec, s, "nnUNetTrainer")
+        if summ is not None:
+            print(f"pseudo-label route, seed {s}: recorded in {pl_rec} (kept)")
+            return summ
+    one = argparse.Namespace(**{**vars(args), "seeds": s})
+    target = PL_BASE_ID + int(s)
+    raw = Path(os.environ["nnUNet_raw"])
+    if not list(raw.glob(f"Dataset{target:03d}_*")):
+        semi_out = workdir / "bench_semi"
+        proto = json.loads((semi_out / "protocol.json").read_text())
+        model = (semi_out / "runs" / f"seed{s}" / proto["dataset_name"] /
+                 f"nnUNetTrainer__bench__{PLANS}__{args.configuration}" / f"fold_{proto['fold']}")
+        if not (model / "checkpoint_final.pth").is_file():
+            semi_out = workdir / "bench_semi_model"
+            bench(one, DATASET_ID, "nnUNetTrainer", lists["labelled"], lists["test"], semi_out)
+        env = ext_trainer_env([semi_out / "trainers"])
+        env["nnUNet_results"] = str(semi_out / "runs" / f"seed{s}")
+        run([_bin("nnunet-ext"), "pseudo-label", "-d", DATASET_ID, "-c", args.configuration, "-p", PLANS,
+             "-tr", "nnUNetTrainer__bench", "-f", proto["fold"], "--target-id", target, "--target-name",
+             f"HippocampusPLseed{s}", "--keep", args.pl_keep, "--disable-tta", "-device", args.device], env)
+    new = sorted(raw.glob(f"Dataset{target:03d}_*"))[0]
+    kept = [c for c, r in json.loads((new / "pseudo_labels.json").read_text())["cases"].items() if r["kept"]]
+    train_pl = workdir / "split" / f"labelled_plus_pseudo_seed{s}.txt"
+    train_pl.write_text("\n".join(Path(lists["labelled"]).read_text().split() + kept) + "\n")
+    run([_bin("nnunet-ext"), "plan-small", "-d", target, "-gpu_memory_target", args.gpu_memory_target,
+         "-overwrite_plans_name", PLANS, "-c", args.configuration])
+    return bench(one, target, "nnUNetTrainer", train_pl, lists["test"], workdir / f"bench_pl_seed{s}",
+                 pl_rec)["summary"]
+
+
+def quality(args, info: dict, workdir: Path) -> dict:
+    """Seed by seed (each seed's pseudo-label route needs that seed's labelled-only model, and every finished
+    run is recorded as it comes), then the reports over all seeds."""
     lists = info["lists"]
-    semi = bench(args, DATASET_ID, "nnUNetTrainer,nnUNetTrainerCPS,nnUNetTrainerCPS_UIF", lists["labelled"],
-                 lists["test"], workdir / "bench_semi")
-    upper = bench(args, DATASET_ID, "nnUNetTrainer", lists["all_train"], lists["test"], workdir / "bench_upper")
+    records = Path(args.records).resolve() if args.records else None
+    rec = (lambda name: records / name) if records is not None else (lambda name: None)
     pl_results = {}
     for s in [x.strip() for x in args.seeds.split(",") if x.strip()]:
-        target = PL_BASE_ID + int(s)
-        raw = Path(os.environ["nnUNet_raw"])
-        if not list(raw.glob(f"Dataset{target:03d}_*")):
-            env = ext_trainer_env([workdir / "bench_semi" / "trainers"])
-            env["nnUNet_results"] = str(workdir / "bench_semi" / "runs" / f"seed{s}")
-            fold = semi["protocol"]["fold"]
-            run([_bin("nnunet-ext"), "pseudo-label", "-d", DATASET_ID, "-c", args.configuration, "-p", PLANS,
-                 "-tr", "nnUNetTrainer__bench", "-f", fold, "--target-id", target, "--target-name",
-                 f"HippocampusPLseed{s}", "--keep", args.pl_keep, "--disable-tta", "-device", args.device], env)
-        new = sorted(raw.glob(f"Dataset{target:03d}_*"))[0]
-        kept = [c for c, r in json.loads((new / "pseudo_labels.json").read_text())["cases"].items() if r["kept"]]
-        train_pl = workdir / "split" / f"labelled_plus_pseudo_seed{s}.txt"
-        train_pl.write_text("\n".join(Path(lists["labelled"]).read_text().split() + kept) + "\n")
-        run([_bin("nnunet-ext"), "plan-small", "-d", target, "-gpu_memory_target", args.gpu_memory_target,
-             "-overwrite_plans_name", PLANS, "-c", args.configuration])
         one = argparse.Namespace(**{**vars(args), "seeds": s})
-        pl_results[s] = bench(one, target, "nnUNetTrainer", train_pl, lists["test"], workdir / f"bench_pl_seed{s}")
+        bench(one, DATASET_ID, "nnUNetTrainer", lists["labelled"], lists["test"], workdir / "bench_semi", rec("semi"))
+        pl_results[s] = pseudo_label_route(args, s, lists, workdir, records)
+        bench(one, DATASET_ID, SEMI, lists["labelled"], lists["test"], workdir / "bench_semi", rec("semi"))
+        bench(one, DATASET_ID, "nnUNetTrainer", lists["all_train"], lists["test"], workdir / "bench_upper",
+              rec("upper"))
+    semi = bench(args, DATASET_ID, SEMI, lists["labelled"], lists["test"], workdir / "bench_semi", rec("semi"))
+    upper = bench(args, DATASET_ID, "nnUNetTrainer", lists["all_train"], lists["test"], workdir / "bench_upper",
+                  rec("upper"))
     return {"semi": semi, "upper": upper, "pseudo_label": pl_results}
 
 
@@ -290,13 +345,13 @@ def quality_markdown(q: dict, info: dict) -> str:
     """Dice per class for each route and the share of the labelled-only -> fully-labelled gap it closes."""
     import numpy as np
 
-    rows = {"stock, labelled only": class_means(q["semi"], "nnUNetTrainer"),
-            "CPS": class_means(q["semi"], "nnUNetTrainerCPS"),
-            "CPS + UIF": class_means(q["semi"], "nnUNetTrainerCPS_UIF")}
+    rows = {"stock, labelled only": class_means(q["semi"]["summary"], "nnUNetTrainer"),
+            "CPS": class_means(q["semi"]["summary"], "nnUNetTrainerCPS"),
+            "CPS + UIF": class_means(q["semi"]["summary"], "nnUNetTrainerCPS_UIF")}
     pl = [class_means(r, "nnUNetTrainer") for r in q["pseudo_label"].values()]
     if pl:
         rows["pseudo-label route"] = {k: float(np.mean([p[k] for p in pl])) for k in pl[0]}
-    rows["stock, all labelled (upper bound)"] = class_means(q["upper"], "nnUNetTrainer")
+    rows["stock, all labelled (upper bound)"] = class_means(q["upper"]["summary"], "nnUNetTrainer")
     classes = list(rows["stock, labelled only"])
     lo, hi = rows["stock, labelled only"], rows["stock, all labelled (upper bound)"]
     lines = ["| route | " + " | ".join(f"Dice {c}" for c in classes) + " | share of the gap closed (mean of classes) |",

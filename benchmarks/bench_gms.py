@@ -29,6 +29,10 @@ Steps (each resumable: re-running the same command continues where it stopped):
    models on the same preprocessed test cases, interleaved, no mirroring; Hippocampus: per volume).
 5. ``benchmarks/results/gms_<dataset>_<date>.{md,json}`` with the exact command, date and machine.
 
+Across sessions: every finished run's results and both timings are kept in ``--records`` (default
+``benchmarks/results/records/gms_<dataset>/``, a few kB, no models); commit it as runs finish, and a later
+session with an empty workdir restores them instead of re-running.
+
     python benchmarks/bench_gms.py --dataset kvasir --iterations 1000 --seeds 0,1,2
     python benchmarks/bench_gms.py --dataset hippocampus --iterations 1000 --seeds 0,1,2
 """
@@ -77,6 +81,10 @@ def parse_args(argv=None):
     p.add_argument("-device", dest="device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda if available, else cpu")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--records", default=None,
+                   help="finished runs' results and the timings (a few kB, no models), committed as they come; a "
+                        "later session restores them instead of re-running (default: benchmarks/results/records/"
+                        "gms_<dataset>; '' = off)")
     return p.parse_args(argv)
 
 
@@ -307,21 +315,36 @@ def main(argv=None):
     os.environ["nnUNet_extTrainer"] = ext_trainer_env([gms_dir])["nnUNet_extTrainer"]
 
     out = workdir / "benchmark"
+    if args.records is None:
+        args.records = str(REPO / "benchmarks" / "results" / "records" / f"gms_{args.dataset}")
+    records = Path(args.records).resolve() if args.records else workdir
     bench_cmd = [_bin("nnunet-ext"), "benchmark", "-d", info["id"], "-c", CONFIG, "-p", PLANS, "-tr", f"{STOCK},{gms}",
                  "--seeds", ",".join(map(str, seeds)), "--iterations", args.iterations,
                  "--iterations-per-epoch", min(args.iterations_per_epoch, args.iterations),
                  "--train-list", train_f, "--test-list", test_f, "-o", out, "-device", args.device]
+    if args.records:
+        bench_cmd += ["--records", records]
     run(bench_cmd)
     bench = json.loads((out / "benchmark.json").read_text())
     fold = bench["protocol"]["fold"]
 
     print("timing: train_step of both trainers, interleaved", flush=True)
-    tr = time_training(info, fold, args, workdir / "timing_train.json")
-    s0 = out / "runs" / f"seed{seeds[0]}" / info["name"]
-    models = {STOCK: s0 / f"{STOCK}__bench__{PLANS}__{CONFIG}", GMS: s0 / f"{gms}__bench__{PLANS}__{CONFIG}"}
+    records.mkdir(parents=True, exist_ok=True)
+    tr = time_training(info, fold, args, records / f"timing_train_{args.device}_b{info['batch_size']}.json")
+    inf_cache = records / f"timing_inference_{args.device}.json"
+    models = None
+    for s in seeds:  # the first seed whose models are here (runs restored from the records have none)
+        sd = out / "runs" / f"seed{s}" / info["name"]
+        cand = {STOCK: sd / f"{STOCK}__bench__{PLANS}__{CONFIG}", GMS: sd / f"{gms}__bench__{PLANS}__{CONFIG}"}
+        if all((m / f"fold_{fold}" / "checkpoint_final.pth").is_file() for m in cand.values()):
+            models = cand
+            break
+    if models is None and not inf_cache.is_file():
+        sys.exit(f"no trained models in {out}/runs (all runs restored from {records}) and no recorded inference "
+                 f"timing ({inf_cache}): re-run with another --records folder to train again")
     print("timing: inference per test image, interleaved", flush=True)
     os.environ["nnUNet_extTrainer"] = ext_trainer_env([out / "trainers", gms_dir])["nnUNet_extTrainer"]
-    inf = time_inference(info, models, fold, bench["protocol"]["test_cases"], args, workdir / "timing_inference.json")
+    inf = time_inference(info, models, fold, bench["protocol"]["test_cases"], args, inf_cache)
 
     summ = bench["summary"]["trainers"]
     d_all = summ[gms]["paired_vs_reference"]["all"]["dice"]

@@ -142,10 +142,10 @@ def write_split(workdir: Path, name: str) -> tuple:
     return train, test
 
 
-def robustness_of_seed(args, out: Path, workdir: Path, seed: str, records) -> dict:
-    """``nnunet-ext robustness`` on the seed's models (resumable), its tables kept in RECORDS/robustness/seed<s>/.
-
-    Recorded tables are used as they are (a later session no longer has the models)."""
+def robustness_of_seed(args, out: Path, workdir: Path, seed: str, records, dataset=DATASET_ID) -> dict:
+    """``nnunet-ext robustness`` on the seed's models of the benchmark in ``out`` (resumable), its tables kept in
+    RECORDS/robustness/seed<s>/. Uses ``args.trainers``, ``args.configuration``, ``args.plans``, ``args.device``
+    and ``args.robustness_args``. Recorded tables are used as they are (a later session has no models)."""
     rec = records / "robustness" / f"seed{seed}" if records is not None else None
     rob_out = workdir / "robustness" / f"seed{seed}"
     if rec is not None and (rec / "robustness.md").is_file():
@@ -165,7 +165,7 @@ def robustness_of_seed(args, out: Path, workdir: Path, seed: str, records) -> di
         return {"folder": None, "markdown": None}
     env = ext_trainer_env([out / "trainers"])
     env["nnUNet_results"] = str(seed_dir)
-    run([_bin("nnunet-ext"), "robustness", "-d", DATASET_ID, "-c", args.configuration, "-tr", ",".join(variants),
+    run([_bin("nnunet-ext"), "robustness", "-d", dataset, "-c", args.configuration, "-tr", ",".join(variants),
          "-f", fold, "-p", args.plans, "-o", rob_out, "-device", args.device,
          *shlex.split(args.robustness_args)], env=env)
     md = rob_out / "robustness.md"
