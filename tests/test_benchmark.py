@@ -165,3 +165,24 @@ def test_train_test_lists_append_a_fold(dataset2d, nnunet_env, tmp_path, monkeyp
     te.write_text(ids[0] + "\n")
     with pytest.raises(BenchmarkError, match="both"):
         resolve_split(cfg, work, ids, ".png")
+
+
+def test_variant_of_a_settings_only_trainer_without_the_variable(monkeypatch, tmp_path):
+    """A trainer of nnunet_ext's trainers/ whose body holds settings only (no function knows its file) gets its
+    variant also when $nnUNet_extTrainer is not set in the calling process (nnU-Net drops the module again)."""
+    import importlib.util
+
+    from nnunet_ext.benchmark.variant import find_trainer_class, write_variant
+    from nnunet_ext.paths import ext_trainer_env
+
+    monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_env()["nnUNet_extTrainer"])
+    cls = find_trainer_class("nnUNetTrainerS2S2_gin")
+    assert cls is not None
+    monkeypatch.delenv("nnUNet_extTrainer")
+    name = write_variant(tmp_path, cls, {"num_epochs": 2, "num_iterations_per_epoch": 1,
+                                         "num_val_iterations_per_epoch": 1, "save_every": 1})
+    spec = importlib.util.spec_from_file_location("bench_variant_test", tmp_path / "bench_nnUNetTrainerS2S2_gin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    variant = getattr(mod, name)
+    assert variant.s2s2_generator == "gin" and any(c.__name__ == "nnUNetTrainerS2S2_gin" for c in variant.__mro__)

@@ -101,7 +101,8 @@ def class_file(cls):
     except (TypeError, OSError):
         pass
     rel = Path(*cls.__module__.split("."))
-    for folder in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep):
+    from nnunet_ext.paths import trainers_path  # nnunet_ext's trainers/ is searched even if the variable is unset
+    for folder in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) + [trainers_path()]:
         for cand in (Path(folder) / rel.with_suffix(".py"), Path(folder) / rel / "__init__.py"):
             if folder and cand.is_file():
                 return cand.resolve()
