@@ -232,7 +232,7 @@ def _recorded_summary(records: Path, seed: str, trainer: str):
     """The benchmark summary of one recorded run (``nnunet-ext benchmark --records``), or None if not recorded."""
     from nnunet_ext.benchmark.records import RunRecords
     from nnunet_ext.benchmark.report import summarise
-    rec = RunRecords(records, ())
+    rec = RunRecords(records)
     if not rec.has(int(seed), trainer):
         return None
     rows = json.loads((rec.run_dir(int(seed), trainer) / "benchmark_rows.json").read_text())

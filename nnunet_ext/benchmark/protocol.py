@@ -412,14 +412,15 @@ def read_epoch_times(checkpoint: Path) -> Dict[str, object]:
 # --------------------------------------------------------------------------------------------------
 # the benchmark
 # --------------------------------------------------------------------------------------------------
-def _check_protocol(out: Path, protocol: dict) -> None:
+def _check_protocol(out: Path, protocol: dict, fix: str = "use another -o, or delete it") -> None:
+    """Refuse a folder (``-o`` or ``--records``) that holds another protocol; write or extend its protocol.json."""
     path = out / "protocol.json"
     if path.is_file():
         old = json.loads(path.read_text())
         diff = [k for k in FIXED_KEYS if old.get(k) != protocol.get(k)]
         if diff:
             what = ", ".join(f"{k} ({_short(old.get(k))} -> {_short(protocol.get(k))})" for k in diff)
-            raise BenchmarkError(f"{out} holds a benchmark with another protocol: {what}; use another -o, or delete it")
+            raise BenchmarkError(f"{out} holds a benchmark with another protocol: {what}; {fix}")
         protocol = {**protocol, "trainers": list(dict.fromkeys(old.get("trainers", []) + protocol["trainers"])),
                     "seeds": list(dict.fromkeys(old.get("seeds", []) + protocol["seeds"])),
                     "created": old.get("created", protocol["created"])}
@@ -490,8 +491,9 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
     records = None
     if cfg.records:
         from nnunet_ext.benchmark.records import RunRecords
-        records = RunRecords(cfg.records, FIXED_KEYS, BenchmarkError)
-        records.check_protocol(protocol)
+        records = RunRecords(cfg.records)
+        records.dir.mkdir(parents=True, exist_ok=True)
+        _check_protocol(records.dir, protocol, fix="give another --records folder, or delete it")
 
     schedule = {"num_epochs": cfg.num_epochs, "num_iterations_per_epoch": cfg.ipe,
                 "num_val_iterations_per_epoch": cfg.vpe, "save_every": 1}

@@ -11,11 +11,11 @@ and the protocol to ``DIR/protocol.json``. A run that has a record is not traine
 again: its files are restored into ``OUT`` and the report includes it. The records are a few kB per run (no
 models, no predictions), so a long benchmark can be committed as its runs finish and continued on another
 machine or in a later session, where ``OUT`` (models, logs) no longer exists. Records of another protocol
-(dataset, configuration, plans, split, budget, TTA, NSD tolerance) are refused, like a resumed ``OUT``.
+(dataset, configuration, plans, split, budget, TTA, NSD tolerance) are refused, like a resumed ``OUT``
+(``nnunet_ext.benchmark.protocol._check_protocol`` checks both folders).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -39,28 +39,8 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 class RunRecords:
     """``DIR/protocol.json`` and ``DIR/seed<s>/<Trainer>/{benchmark_rows,timing,state}.json``."""
 
-    def __init__(self, folder, fixed_keys, error=ValueError):
+    def __init__(self, folder):
         self.dir = Path(folder).resolve()
-        self.fixed_keys = tuple(fixed_keys)
-        self.error = error
-
-    def check_protocol(self, protocol: dict) -> None:
-        """Refuse records of another protocol; write (or extend) ``protocol.json``."""
-        path = self.dir / "protocol.json"
-        fixed = {k: protocol.get(k) for k in self.fixed_keys}
-        trainers, seeds = list(protocol.get("trainers", [])), list(protocol.get("seeds", []))
-        if path.is_file():
-            old = json.loads(path.read_text())
-            diff = [k for k in self.fixed_keys if old.get(k) != fixed[k]]
-            if diff:
-                raise self.error(f"the records in {self.dir} are of another protocol ({', '.join(diff)} differ); "
-                                 f"give another --records folder, or delete it")
-            trainers = list(dict.fromkeys(old.get("trainers", []) + trainers))
-            seeds = list(dict.fromkeys(old.get("seeds", []) + seeds))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**fixed, "trainers": trainers, "seeds": seeds}, indent=2))
-        os.replace(tmp, path)
 
     def run_dir(self, seed: int, trainer: str) -> Path:
         return self.dir / f"seed{seed}" / trainer
