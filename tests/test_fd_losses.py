@@ -162,3 +162,15 @@ def test_logged_values_are_exact_for_near_equal_channels(dtype):
     idx_s, idx_t = torch.randperm(4, generator=g2), torch.randperm(4, generator=g2)
     direct = ((f64[:, idx_s] - t.double()[:, idx_t]) ** 2).mean()
     assert inter_fd(f, t, g).item() == pytest.approx(direct.item(), rel=1e-3)
+
+
+def test_block_mean_equals_average_pooling_with_its_gradient():
+    from nnunet_ext.fd.losses import block_mean
+
+    for shape, k in [((3, 4, 12, 10), (2, 2)), ((2, 3, 8, 6, 9), (4, 1, 3)), ((2, 3, 8, 6), (8, 3))]:
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        pool = F.avg_pool3d if len(shape) == 5 else F.avg_pool2d
+        assert torch.allclose(block_mean(x, k), pool(x, k, k))
+        assert torch.autograd.gradcheck(lambda y: block_mean(y, k), (x,))
+    x = torch.randn(2, 3, 4, 4)
+    assert block_mean(x, (1, 1)) is x  # nothing to pool: the map itself
