@@ -10,8 +10,14 @@ MSD Hippocampus (../shared/data/msd_hippocampus), paired per batch, with a boots
    95% bootstrap confidence interval (10000 resamples of the batches, percentile method). Target for
    the default nnUNetTrainerFD: upper end of the interval <= 1.05.
 
-Writes ``benchmarks/results/fd_hippocampus_speed_<date>.json`` and ``.md`` with the command, date and
-machine. Quality comparisons live in ``benchmarks/bench_hippocampus_fd_quality.py`` (``nnunet-ext benchmark``).
+Memory allocator: by default the script runs with glibc's malloc keeping freed memory for reuse
+(``--allocator caching``; PyTorch's CUDA allocator caches the same way on a GPU). With glibc's defaults
+(``--allocator default``) every map above 32 MiB is fresh memory that the kernel faults in and zeroes:
+on the 2-core benchmark machine that was half of a stock 2d step's time and most of its noise, and it
+charges each extra buffer of a method twice (its own zeroing and slower network backward ops).
+
+Writes ``benchmarks/results/fd_hippocampus_speed_<date>[_default_malloc].json`` and ``.md`` with the
+command, date, machine and allocator. Quality comparisons live in ``benchmarks/bench_hippocampus_fd_quality.py`` (``nnunet-ext benchmark``).
 
     python benchmarks/bench_fd.py --workdir /tmp/bench_fd --batches 30
 """
@@ -45,7 +51,22 @@ def parse_args(argv=None):
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=10000)
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--allocator", choices=("caching", "default"), default="caching",
+                   help="caching: glibc's malloc keeps freed memory for reuse (MALLOC_MMAP_MAX_=0, "
+                        "MALLOC_TRIM_THRESHOLD_=64 GiB), as PyTorch's CUDA allocator does on a GPU; default: glibc's "
+                        "defaults, where every map larger than 32 MiB is fresh memory the kernel faults in and zeroes "
+                        "(on this machine about half of a CPU step's time, and most of its noise)")
     return p.parse_args(argv)
+
+
+CACHING_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+
+
+def ensure_allocator(args, argv):
+    """Re-run this script with the caching malloc settings in its environment (glibc reads them at start)."""
+    if args.allocator == "caching" and any(os.environ.get(k) != v for k, v in CACHING_MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + list(argv),
+                  {**os.environ, **CACHING_MALLOC_ENV})
 
 
 def setup_env(workdir: Path):
@@ -145,7 +166,9 @@ def machine() -> str:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    ensure_allocator(args, argv)
     if not Path(args.source).is_dir():
         sys.exit(f"Hippocampus source not found: {args.source} (expected images/ and labels/ of MSD Task04); "
                  f"pass --source")
@@ -156,7 +179,9 @@ def main(argv=None):
     configs = [c for c in args.configs.split(",") if c]
     trainer_names = [t for t in args.trainers.split(",") if t]
     name = prepare(args, configs)
-    result = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + (argv or sys.argv[1:])),
+    result = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + argv),
+              "allocator": args.allocator + ("" if args.allocator == "default" else
+                                             " (" + " ".join(f"{k}={v}" for k, v in CACHING_MALLOC_ENV.items()) + ")"),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
               "dataset": name, "batches": args.batches, "warmup": args.warmup, "timing": []}
     for config in configs:
@@ -177,8 +202,10 @@ def main(argv=None):
               f"bootstrap interval ({args.bootstrap} resamples of the batches)."]
     res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
-    stem = res_dir / f"fd_hippocampus_speed_{result['date'][:10]}"
-    header = f"Command: `{result['command']}`  \nDate: {result['date']}  \nMachine: {result['machine']}\n\n"
+    stem = res_dir / (f"fd_hippocampus_speed_{result['date'][:10]}" + ("_default_malloc" if args.allocator == "default"
+                                                                       else ""))
+    header = (f"Command: `{result['command']}`  \nDate: {result['date']}  \nMachine: {result['machine']}  \n"
+              f"Allocator: {result['allocator']}\n\n")
     table = "\n".join(lines)
     print(table)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))

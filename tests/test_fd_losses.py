@@ -174,3 +174,34 @@ def test_block_mean_equals_average_pooling_with_its_gradient():
         assert torch.autograd.gradcheck(lambda y: block_mean(y, k), (x,))
     x = torch.randn(2, 3, 4, 4)
     assert block_mean(x, (1, 1)) is x  # nothing to pool: the map itself
+
+
+def test_per_channel_and_gather_paths_agree(monkeypatch):
+    """Large CPU maps are subtracted channel by channel, small ones (and GPU maps) gathered: same values and
+    gradients (threshold lowered here so that tiny maps take each path)."""
+    import nnunet_ext.fd.losses as fd_losses
+
+    torch.manual_seed(0)
+    enc = [torch.randn(3, 12, 8, 6, dtype=torch.float64, requires_grad=True),
+           torch.randn(3, 25, 4, 3, dtype=torch.float64, requires_grad=True)]
+    dec = [torch.randn(3, 13, 8, 6, dtype=torch.float64, requires_grad=True)]
+    teacher = torch.randn(3, 7, 16, 12, dtype=torch.float64, requires_grad=True)
+
+    def run(threshold):
+        monkeypatch.setattr(fd_losses, "PER_CHANNEL_MIN_ELEMENTS", threshold)
+        for f in enc + dec:
+            f.grad = None
+        intra, inter = selfreg_loss([enc, dec], [enc + dec], teacher, torch.Generator().manual_seed(3))
+        (intra + 2 * inter).backward()
+        return torch.stack([intra, inter]).detach(), [f.grad.clone() for f in enc + dec]
+
+    (v_gather, g_gather), (v_loop, g_loop) = run(10 ** 9), run(1)
+    assert torch.allclose(v_gather, v_loop)
+    assert all(torch.allclose(a, b) for a, b in zip(g_gather, g_loop))
+    assert teacher.grad is None
+    x = torch.randn(2, 9, 5, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 4, 5, 4, dtype=torch.float64)
+    top, bottom = torch.tensor([0, 3, 5, 7]), torch.tensor([1, 2, 8, 6])
+    idx_s, idx_t = torch.tensor([2, 4, 0]), torch.tensor([3, 0, 1])
+    assert torch.autograd.gradcheck(
+        lambda y: sum(fd_losses._PairedChannelMSE.apply(y, top, bottom, idx_s, t, idx_t)), (x,))
