@@ -31,6 +31,8 @@ later session with an empty workdir restores them instead of re-running (about 5
 Writes ``benchmarks/results/cps_hippocampus_<part>_<date>.{md,json}`` with the command, date and machine.
 
     python benchmarks/bench_cps.py --workdir /tmp/bench_cps --part speed --batches 30
+
+Like ``bench_fd.py``, the script runs with glibc's malloc caching freed memory (``--allocator``, see there).
     python benchmarks/bench_cps.py --workdir /tmp/bench_cps --part quality --iterations 2000 --seeds 0,1,2
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import bootstrap_median_ci, machine  # noqa: E402  (the FD speed benchmark's statistics)
+from bench_fd import add_allocator_argument, allocator_label, bootstrap_median_ci, ensure_allocator, machine  # noqa: E402,E501
 from bench_hippocampus_fd_quality import _bin, run  # noqa: E402  (console scripts, resumable steps)
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -61,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--source", default=str(REPO.parent / "shared" / "data" / "msd_hippocampus"))
     p.add_argument("--workdir", default=str(REPO / "benchmarks" / "workdir" / "cps"))
     p.add_argument("--part", choices=["speed", "quality", "both"], default="both")
+    add_allocator_argument(p)
     p.add_argument("--labelled", type=int, default=20, help="labelled training cases")
     p.add_argument("--split-seed", type=int, default=0, help="which training cases are labelled")
     p.add_argument("--gpu-memory-target", type=float, default=0.1, help="GB, for plan-small")
@@ -301,7 +304,9 @@ def quality(args, info: dict, workdir: Path) -> dict:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    ensure_allocator(args, argv, __file__)
     if not Path(args.source).is_dir():
         sys.exit(f"Hippocampus source not found: {args.source}; pass --source")
     workdir = Path(args.workdir).resolve()
@@ -316,15 +321,15 @@ def main(argv=None):
     info = prepare(args, workdir, configs)
     date = _dt.datetime.now().isoformat(timespec="seconds")
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
-                                   [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+                                   [shlex.quote(a) for a in argv])
     res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
-    header = f"Command: `{command}`  \nDate: {date}  \nMachine: {machine()}\n\n"
+    header = f"Command: `{command}`  \nDate: {date}  \nMachine: {machine()}  \nAllocator: {allocator_label(args)}\n\n"
     if "speed" in parts:
         r = speed(args, info, [c for c in args.configs.split(",") if c])
         stem = res_dir / f"cps_hippocampus_speed_{date[:10]}"
         stem.with_suffix(".json").write_text(json.dumps({"command": command, "date": date, "machine": machine(),
-                                                         **r}, indent=2))
+                                                         "allocator": allocator_label(args), **r}, indent=2))
         stem.with_suffix(".md").write_text("# CPS vs two stock nnU-Net trainers on MSD Hippocampus: time per "
                                            f"training iteration\n\n{header}{r['markdown']}\n")
         print(r["markdown"])

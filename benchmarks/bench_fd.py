@@ -17,7 +17,8 @@ on the 2-core benchmark machine that was half of a stock 2d step's time and most
 charges each extra buffer of a method twice (its own zeroing and slower network backward ops).
 
 Writes ``benchmarks/results/fd_hippocampus_speed_<date>[_default_malloc].json`` and ``.md`` with the
-command, date, machine and allocator. Quality comparisons live in ``benchmarks/bench_hippocampus_fd_quality.py`` (``nnunet-ext benchmark``).
+command, date, machine and allocator. Quality comparisons live in
+``benchmarks/bench_hippocampus_fd_quality.py`` (``nnunet-ext benchmark``).
 
     python benchmarks/bench_fd.py --workdir /tmp/bench_fd --batches 30
 """
@@ -51,22 +52,32 @@ def parse_args(argv=None):
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=10000)
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
-    p.add_argument("--allocator", choices=("caching", "default"), default="caching",
-                   help="caching: glibc's malloc keeps freed memory for reuse (MALLOC_MMAP_MAX_=0, "
-                        "MALLOC_TRIM_THRESHOLD_=64 GiB), as PyTorch's CUDA allocator does on a GPU; default: glibc's "
-                        "defaults, where every map larger than 32 MiB is fresh memory the kernel faults in and zeroes "
-                        "(on this machine about half of a CPU step's time, and most of its noise)")
+    add_allocator_argument(p)
     return p.parse_args(argv)
 
 
 CACHING_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 
 
-def ensure_allocator(args, argv):
-    """Re-run this script with the caching malloc settings in its environment (glibc reads them at start)."""
+def add_allocator_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allocator", choices=("caching", "default"), default="caching",
+                   help="caching: glibc's malloc keeps freed memory for reuse (MALLOC_MMAP_MAX_=0, "
+                        "MALLOC_TRIM_THRESHOLD_=64 GiB), as PyTorch's CUDA allocator does on a GPU; default: glibc's "
+                        "defaults, where every map larger than 32 MiB is fresh memory the kernel faults in and zeroes "
+                        "(on this machine about half of a CPU step's time, and most of its noise)")
+
+
+def ensure_allocator(args, argv, script: str = __file__) -> None:
+    """Re-run ``script`` with the caching malloc settings in its environment (glibc reads them at start)."""
     if args.allocator == "caching" and any(os.environ.get(k) != v for k, v in CACHING_MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + list(argv),
+        os.execve(sys.executable, [sys.executable, os.path.abspath(script)] + list(argv),
                   {**os.environ, **CACHING_MALLOC_ENV})
+
+
+def allocator_label(args) -> str:
+    if args.allocator == "default":
+        return "default (glibc)"
+    return "caching (" + " ".join(f"{k}={v}" for k, v in CACHING_MALLOC_ENV.items()) + ")"
 
 
 def setup_env(workdir: Path):
@@ -180,8 +191,7 @@ def main(argv=None):
     trainer_names = [t for t in args.trainers.split(",") if t]
     name = prepare(args, configs)
     result = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + argv),
-              "allocator": args.allocator + ("" if args.allocator == "default" else
-                                             " (" + " ".join(f"{k}={v}" for k, v in CACHING_MALLOC_ENV.items()) + ")"),
+              "allocator": allocator_label(args),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
               "dataset": name, "batches": args.batches, "warmup": args.warmup, "timing": []}
     for config in configs:
