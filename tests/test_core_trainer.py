@@ -70,3 +70,16 @@ def test_no_final_validation_mixin_skips_and_says_why():
     kept.perform_actual_validation()
     assert not short.validated and short.lines == ["Short: final validation skipped"]
     assert kept.validated and kept.lines == []
+
+
+def test_class_argmax_equals_argmax_with_first_maximum_on_ties():
+    import torch
+
+    from nnunet_ext.core.labels import class_argmax
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 6, 7)
+    for dim in (0, 1, 3):
+        assert torch.equal(class_argmax(x, dim), x.argmax(dim))
+    tie = torch.tensor([[[1.0, 2.0]], [[3.0, 2.0]], [[3.0, 0.5]]])  # (C=3, 1, 2): class 1 and 2 tie at 3.0
+    assert class_argmax(tie, 0).tolist() == [[1, 0]]

@@ -19,11 +19,12 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from nnunet_ext.core.labels import class_argmax
 
 
 def pseudo_label_ce(logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
     """Mean voxel cross-entropy of ``logits`` against ``argmax(other_logits)`` (no gradient to ``other``)."""
-    target = other_logits.detach().argmax(1)
+    target = class_argmax(other_logits.detach(), 1)
     return F.cross_entropy(logits.float(), target)
 
 

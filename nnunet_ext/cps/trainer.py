@@ -46,6 +46,7 @@ from nnunet_ext.cps.term import CPSTerm, labelled_part
 from nnunet_ext.errors import UserError
 from nnunet_ext.unlabeled.data import UnlabeledDataset, make_unlabeled_augmenter, shard, shut_down, unlabeled_folder
 from nnunet_ext.unlabeled.raw import UNLABELED_DIR
+from nnunet_ext.core.labels import class_argmax
 
 
 class CPSDataError(UserError):
@@ -186,7 +187,7 @@ class nnUNetTrainerCPS(nnUNetTrainerExt):
         """nnU-Net's hard tp / fp / fn per foreground class of one network's logits."""
         axes = [0] + list(range(2, output.ndim))
         onehot = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
-        onehot.scatter_(1, output.argmax(1)[:, None], 1)
+        onehot.scatter_(1, class_argmax(output, 1)[:, None], 1)
         mask = None
         if self.label_manager.has_ignore_label:
             ignore = target == self.label_manager.ignore_label

@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+from nnunet_ext.core.labels import class_argmax
 
 
 def normalised_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -40,7 +41,7 @@ def pair_uncertainty(logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torc
     """``{"entropy", "disagreement"}`` of two networks' logits (b, C, ...) over the ``valid`` voxels (b, ...)."""
     pa, pb = torch.softmax(logits_a.float(), 1), torch.softmax(logits_b.float(), 1)
     ent = normalised_entropy((pa + pb) / 2)
-    dis = (pa.argmax(1) != pb.argmax(1)).float()
+    dis = (class_argmax(pa, 1) != class_argmax(pb, 1)).float()
     if valid is None:
         return {"entropy": float(ent.mean()), "disagreement": float(dis.mean())}
     v = valid.float()

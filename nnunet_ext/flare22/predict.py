@@ -35,6 +35,7 @@ import torch
 from nnunet_ext.core.resources import PeakMemory
 from nnunet_ext.errors import UserError
 from nnunet_ext.flare22.roi import ROI, DEFAULT_MARGIN_MM, box_in_original, grow_box, keep_largest_components
+from nnunet_ext.core.labels import class_argmax
 
 CSV_NAME = "predict_c2f_cases.csv"
 CSV_FIELDS = ("case", "status", "fallback", "roi", "read_s", "coarse_s", "fine_s", "write_s", "total_s",
@@ -115,7 +116,7 @@ class CoarseToFinePredictor:
         logits = self.coarse.predict_logits_from_preprocessed_data(d)
         self._sync()
         times["coarse_net"] = time.perf_counter() - t
-        seg = logits.argmax(0).numpy().astype(np.uint8)
+        seg = class_argmax(logits, 0).numpy().astype(np.uint8)
         del logits
         seg = keep_largest_components(seg, self.labels)
         n = int(np.count_nonzero(seg))

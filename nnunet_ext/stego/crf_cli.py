@@ -24,6 +24,7 @@ renamed. Region-based predictions (sigmoid per region, not a distribution over l
 from __future__ import annotations
 
 from nnunet_ext.errors import UserError
+from nnunet_ext.core.labels import class_argmax
 
 _SKIP_SUFFIXES = (".npz", ".pkl", ".json")
 
@@ -268,7 +269,7 @@ def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterat
         probs = torch.from_numpy(np.ascontiguousarray(probs_np, dtype=np.float32))
         refined = refine_volume(g, probs, device=device, **crf_kwargs)  # (K, *spatial), spatial = (S, H, W)
 
-        seg = values[refined.argmax(0).numpy()]
+        seg = values[class_argmax(refined, 0).numpy()]
         seg = seg.astype(np.uint8 if len(values) - 1 < 255 else np.uint16)
         if save_probabilities:
             _atomic(os.path.join(out_dir, case + ".npz"),  # the temporary name ends in .npz: numpy keeps it

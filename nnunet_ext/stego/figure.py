@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from nnunet_ext.core.network import unwrap_network
+from nnunet_ext.core.labels import class_argmax
 
 
 def _display(img: np.ndarray) -> np.ndarray:
@@ -32,7 +33,7 @@ def example_rows(trainer, n: int):
         z = data.shape[1] // 2
         img = np.asarray(data[:, z], dtype=np.float32)
         x = torch.from_numpy(img)[None].to(trainer.device)
-        clusters = net.cluster_scores(net.codes(x), x.shape[-2:]).argmax(1)[0].cpu().numpy()
+        clusters = class_argmax(net.cluster_scores(net.codes(x), x.shape[-2:]), 1)[0].cpu().numpy()
         ref = None if trainer.placeholder_labels else np.asarray(seg[0, z])
         rows.append((case, img, clusters, label_of_cluster[clusters], ref))
     net.train(was_training)

@@ -38,6 +38,7 @@ from nnunet_ext.errors import UserError
 from nnunet_ext.stego.loss import CorrelationWeights
 from nnunet_ext.stego.metrics import confusion, hungarian, matched_scores
 from nnunet_ext.stego.term import STEGOTerm
+from nnunet_ext.core.labels import class_argmax
 
 
 class ConstantLR:
@@ -170,7 +171,7 @@ class nnUNetTrainerSTEGO(nnUNetTrainerExt):
             scores = net.cluster_scores(code, data.shape[-2:])
             loss = net.probe.loss(code)
         k = net.n_clusters
-        conf = confusion(scores.argmax(1).cpu().numpy(), target[:, 0].cpu().numpy(), k, k)
+        conf = confusion(class_argmax(scores, 1).cpu().numpy(), target[:, 0].cpu().numpy(), k, k)
         return {"loss": loss.cpu().numpy(), "confusion": conf}
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
