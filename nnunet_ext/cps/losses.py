@@ -19,6 +19,7 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
 from nnunet_ext.core.labels import class_argmax
 
 

@@ -37,6 +37,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 
+from nnunet_ext.core.labels import class_argmax
 from nnunet_ext.core.loss_terms import LossTerm
 from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.core.trainer import nnUNetTrainerExt
@@ -46,7 +47,6 @@ from nnunet_ext.cps.term import CPSTerm, labelled_part
 from nnunet_ext.errors import UserError
 from nnunet_ext.unlabeled.data import UnlabeledDataset, make_unlabeled_augmenter, shard, shut_down, unlabeled_folder
 from nnunet_ext.unlabeled.raw import UNLABELED_DIR
-from nnunet_ext.core.labels import class_argmax
 
 
 class CPSDataError(UserError):

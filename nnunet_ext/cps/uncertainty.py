@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+
 from nnunet_ext.core.labels import class_argmax
 
 

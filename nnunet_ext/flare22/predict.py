@@ -32,10 +32,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from nnunet_ext.core.labels import class_argmax
 from nnunet_ext.core.resources import PeakMemory
 from nnunet_ext.errors import UserError
 from nnunet_ext.flare22.roi import ROI, DEFAULT_MARGIN_MM, box_in_original, grow_box, keep_largest_components
-from nnunet_ext.core.labels import class_argmax
 
 CSV_NAME = "predict_c2f_cases.csv"
 CSV_FIELDS = ("case", "status", "fallback", "roi", "read_s", "coarse_s", "fine_s", "write_s", "total_s",

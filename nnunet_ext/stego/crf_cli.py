@@ -23,8 +23,8 @@ renamed. Region-based predictions (sigmoid per region, not a distribution over l
 """
 from __future__ import annotations
 
-from nnunet_ext.errors import UserError
 from nnunet_ext.core.labels import class_argmax
+from nnunet_ext.errors import UserError
 
 _SKIP_SUFFIXES = (".npz", ".pkl", ".json")
 

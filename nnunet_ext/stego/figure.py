@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.core.labels import class_argmax
+from nnunet_ext.core.network import unwrap_network
 
 
 def _display(img: np.ndarray) -> np.ndarray:

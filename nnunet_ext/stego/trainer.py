@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
+from nnunet_ext.core.labels import class_argmax
 from nnunet_ext.core.loss_terms import LossTerm
 from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.core.trainer import nnUNetTrainerExt
@@ -38,7 +39,6 @@ from nnunet_ext.errors import UserError
 from nnunet_ext.stego.loss import CorrelationWeights
 from nnunet_ext.stego.metrics import confusion, hungarian, matched_scores
 from nnunet_ext.stego.term import STEGOTerm
-from nnunet_ext.core.labels import class_argmax
 
 
 class ConstantLR:
