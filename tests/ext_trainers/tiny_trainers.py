@@ -16,8 +16,9 @@ class nnUNetTrainer_tiny(ScheduleMixin, nnUNetTrainer):
 
 
 class nnUNetTrainer_tinyC2F(ScheduleMixin, nnUNetTrainer):
-    """TINY (the coarse configuration with 40 iterations per epoch at lr 0.03); nnU-Net's final validation only where a test reads it (3d_fine), without test-time mirroring (the
-    checkpoint, saved before, keeps nnU-Net's mirroring axes)."""
+    """TINY (the coarse configuration with 40 iterations per epoch at lr 0.03); nnU-Net's final validation only
+    where a test reads it (3d_fine), without test-time mirroring (the checkpoint, saved before, keeps nnU-Net's
+    mirroring axes)."""
     schedule = TINY
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
