@@ -364,8 +364,8 @@ def quality_markdown(q: dict, info: dict) -> str:
     for name, m in rows.items():
         gap = np.mean([(m[c] - lo[c]) / (hi[c] - lo[c]) if hi[c] != lo[c] else np.nan for c in classes])
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" for c in classes) + f" | {gap:.2f} |")
-    lines += ["", "Paired per-case difference from stock on the labelled cases (same test cases and seeds; mean of classes, "
-              "95% bootstrap CI over cases) and the share of the gap it stands for:", "",
+    lines += ["", "Paired per-case difference from stock on the labelled cases (same test cases and seeds; mean of "
+              "classes, 95% bootstrap CI over cases) and the share of the gap it stands for:", "",
               "| route | ΔDice [95% CI] | share of the gap [95% CI] |", "|---|---|---|"]
     gap_all = np.mean([hi[c] - lo[c] for c in classes])
     for name, tr in (("CPS", "nnUNetTrainerCPS"), ("CPS + UIF", "nnUNetTrainerCPS_UIF")):
