@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import _bin, run_cli
 
 from nnunet_ext.s2s2.diffusion import (ControlNetDiffusion, DiffusionGenerator, DiffusionModelError, DiffusionSpec,
                                        MaskDiffusion, build_unet, load_init_unet, one_hot, palette_image,
@@ -164,6 +164,28 @@ def test_resume_continues_exactly(tuned, dataset2d, nnunet_vars, tmp_path, capsy
         assert torch.equal(v, resumed["trainable"][k]), k
     assert (tmp_path / "gen" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == \
         (tuned["folder"] / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(), "same EMA weights"
+
+
+def test_tune_on_two_processes_with_ddp_resumes_exactly(dataset2d, nnunet_env, tmp_path):
+    """``torchrun --nproc_per_node 2 nnunet-ext s2s2-tune`` (CPU processes, gloo): one DDP model, every process's
+    random states in the checkpoint, and ``--resume`` under torchrun continues exactly."""
+    base = ["--standalone", "--nproc_per_node", 2, _bin("nnunet-ext"), "s2s2-tune", "-d", dataset2d["id"], "-c", "2d",
+            "-f", 0, "--save-every", 2, *TINY]
+    proc = run_cli("torchrun", base + ["--steps", 4, "-o", tmp_path / "full"], nnunet_env)
+    assert "2 processes (DDP, batch 2 each)" in proc.stdout and proc.stdout.count("s2s2-tune: step 4, loss") == 1
+    run_cli("torchrun", base + ["--steps", 2, "-o", tmp_path / "part"], nnunet_env)
+    run_cli("torchrun", base + ["--steps", 4, "--resume", "-o", tmp_path / "part"], nnunet_env)
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    resumed = torch.load(tmp_path / "part" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert full["world_size"] == 2 and len(full["ranks"]) == 2
+    assert full["ranks"][0]["sampler_rng"] != full["ranks"][1]["sampler_rng"], "each process draws its own crops"
+    assert resumed["step"] == full["step"] == 4 and resumed["losses"] == full["losses"]
+    for k, v in full["trainable"].items():
+        assert torch.equal(v, resumed["trainable"][k]), k
+    assert (tmp_path / "part" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (tmp_path / "full" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(), "same EMA weights"
+    spec = json.loads((tmp_path / "full" / "s2s2_diffusion.json").read_text())
+    assert spec["info"]["processes"] == 2 and spec["info"]["step"] == 4
 
 
 def test_generate_with_the_tuned_model(diffusion_stack, tuned, dataset2d, nnunet_dirs):

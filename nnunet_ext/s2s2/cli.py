@@ -33,7 +33,8 @@ nnUNetv2_train D CONFIG F -tr nnUNetTrainerS2S2.
 Output: $nnUNet_results/DatasetXXX_Name/s2s2_generator__diffusion__<plans>__<config>/fold_<F>/ with unet/ and
 scheduler/ (save_pretrained; EMA weights), s2s2_diffusion.json, checkpoint.pt (written atomically every
 --save-every steps; --resume continues exactly from it up to --steps) and preview.png (masks, real crops,
-generated crops). Mixed precision on CUDA; one device (no multi-GPU).
+generated crops). Mixed precision on CUDA. Several GPUs: torchrun --standalone --nproc_per_node N
+$(which nnunet-ext) s2s2-tune ... (torch DDP, one process per GPU, --batch-size per process).
 
 --generator controlnet --init SD_FOLDER: the paper's generator, a ControlNet (initialised from the UNet of a
 local Stable Diffusion pipeline folder, which stays frozen; nothing is downloaded) conditioned on the label map
@@ -78,7 +79,7 @@ def register(subparsers) -> None:
     t.add_argument("--generator", default="diffusion", choices=["diffusion", "controlnet"],
                    help="generator to tune (controlnet: needs --init STABLE_DIFFUSION_FOLDER)")
     t.add_argument("--steps", type=int, default=20000, help="total optimisation steps (also with --resume)")
-    t.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="crops per step")
+    t.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="crops per step (per process under torchrun)")
     t.add_argument("--image-size", dest="image_size", type=int, default=64,
                    help="training crop size (pixels; a multiple of 2^(levels-1)); sampling is at each slice's size")
     t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")

@@ -23,7 +23,12 @@
   trains only a ControlNet on the frozen local Stable Diffusion; whole slices resized to ``image_size`` instead
   of crops; ``controlnet/`` instead of ``unet/`` in the output (``s2s2_generator__controlnet__...``).
 
-Several GPUs: not supported (one device; accelerate is not a dependency).
+* Several GPUs (or CPU processes): start it with torchrun, one process per device, e.g.
+  ``torchrun --standalone --nproc_per_node 4 $(which nnunet-ext) s2s2-tune -d D -c 2d -f 0``. The processes train
+  one model with torch's ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU; gradients averaged); each draws
+  its own crops and noise (seeds offset by its rank), so ``--batch-size`` is per process. Rank 0 prints, writes
+  the checkpoint (with every rank's random states: ``--resume`` with the same number of processes continues
+  exactly) and the model.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ from nnunet_ext.s2s2.diffusion import (DEFAULT_PROMPT, SPEC_FILE, ControlNetDiff
                                        train_scheduler, tuned_folder)
 
 CHECKPOINT = "checkpoint.pt"
+RANK_SEED_STRIDE = 1000  # process r of a torchrun launch draws crops / noise from seed + 1000 r
 GENERATORS = ("diffusion", "controlnet")
 
 
@@ -212,6 +218,34 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _rank_state(sampler, noise_gen) -> dict:
+    """This process's random states: the crop sampler, the noise generator, python / numpy / torch."""
+    return {"sampler_rng": sampler.rng.bit_generator.state, "noise_rng": noise_gen.get_state(), "rng": _rng_state()}
+
+
+def _set_rank_state(st: dict, sampler, noise_gen) -> None:
+    sampler.rng.bit_generator.state = st["sampler_rng"]
+    noise_gen.set_state(st["noise_rng"])
+    _set_rng_state(st["rng"])
+
+
+def _process_group(dev: torch.device) -> Tuple[int, int, torch.device, bool]:
+    """``(rank, world size, device, created)``: under torchrun (``WORLD_SIZE`` > 1) joins torch's default process
+    group (NCCL on CUDA, gloo otherwise; ``created``: this call made it) and takes GPU ``LOCAL_RANK``."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, dev, False
+    created = not dist.is_initialized()
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if created:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dev, created
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -309,7 +343,9 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
     prep = PreprocessedConfiguration(dataset, configuration, plans, S2S2Error)
     out = Path(output) if output else tuned_folder(prep.name, generator, plans, configuration, fold)
     ckpt_file = out / CHECKPOINT
-    dev = _device(device)
+    rank, world, dev, own_group = _process_group(_device(device))
+    main = rank == 0
+    say = print if main else (lambda *a, **k: None)
 
     ckpt = None
     if resume:
@@ -323,7 +359,7 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
         if settings is not None:
             changed = [k for k, v in settings.training().items() if k != "init" and st.training()[k] != v]
             if changed:
-                print(f"s2s2-tune --resume: keeping the checkpoint's {', '.join(changed)} "
+                say(f"s2s2-tune --resume: keeping the checkpoint's {', '.join(changed)} "
                       f"({', '.join(f'{k}={st.training()[k]}' for k in changed)})")
     elif ckpt_file.is_file() or (out / SPEC_FILE).is_file():
         raise S2S2Error(f"{out} already holds a tuned generator: continue it with --resume (and a larger --steps), "
@@ -336,7 +372,7 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
                         "(model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/)")
 
     cases = training_cases(prep, fold)
-    sampler = SliceSampler(prep.data_dir, cases, st.image_size, st.fg_fraction, st.seed,
+    sampler = SliceSampler(prep.data_dir, cases, st.image_size, st.fg_fraction, st.seed + RANK_SEED_STRIDE * rank,
                            fit="resize" if controlnet else "pad")
     if ckpt is not None:
         spec = DiffusionSpec(**ckpt["spec"])
@@ -380,7 +416,7 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
     amp_fp16 = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=amp_fp16)
     noise_gen = torch.Generator()
-    noise_gen.manual_seed(st.seed + 1)
+    noise_gen.manual_seed(st.seed + 1 + RANK_SEED_STRIDE * rank)
     step, losses = 0, []
     if ckpt is not None:
         net.load_state_dict(ckpt["trainable"])
@@ -388,30 +424,49 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
         lr_sched.load_state_dict(ckpt["lr_scheduler"])
         ema.load_state_dict(ckpt["ema"])
         scaler.load_state_dict(ckpt["scaler"])
-        sampler.rng.bit_generator.state = ckpt["sampler_rng"]
-        noise_gen.set_state(ckpt["noise_rng"])
-        _set_rng_state(ckpt["rng"])
+        states = ckpt.get("ranks") or [{k: ckpt[k] for k in ("sampler_rng", "noise_rng", "rng")}]
+        if len(states) != world:
+            say(f"s2s2-tune --resume: the checkpoint was written by {len(states)} process(es), this run has {world}: "
+                f"processes beyond {len(states)} start fresh random streams (not an exact continuation)")
+        if rank < len(states):
+            _set_rank_state(states[rank], sampler, noise_gen)
         step, losses = int(ckpt["step"]), list(ckpt["losses"])
     ema.to(dev)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"s2s2-tune {prep.name} {configuration} fold {fold}: {len(cases)} training case(s), {model.describe()}, "
+    trainer = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = model.replaced(DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    say(f"s2s2-tune {prep.name} {configuration} fold {fold}: {len(cases)} training case(s), {model.describe()}, "
           f"{spec.channels} channel(s) + {spec.num_labels} label(s), {'slices resized to' if controlnet else 'crops'} "
           f"{st.image_size}^2, batch {st.batch_size}, device {dev.type}"
-          f"{' (mixed precision)' if dev.type == 'cuda' else ''}; step {step} -> {st.steps} -> {out}")
+          f"{' (mixed precision)' if dev.type == 'cuda' else ''}"
+          f"{f', {world} processes (DDP, batch {st.batch_size} each)' if world > 1 else ''}; "
+          f"step {step} -> {st.steps} -> {out}")
 
-    def checkpoint():
-        _save_atomic({"step": step, "settings": st.training(), "spec": asdict(spec), "trainable": net.state_dict(),
-                      "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict(),
-                      "scaler": scaler.state_dict(), "sampler_rng": sampler.rng.bit_generator.state,
-                      "noise_rng": noise_gen.get_state(), "rng": _rng_state(), "losses": losses}, ckpt_file)
+    def checkpoint():  # every process takes part (their random states are gathered); rank 0 writes
+        mine = _rank_state(sampler, noise_gen)
+        ranks = [mine]
+        if world > 1:
+            import torch.distributed as dist
+
+            ranks = [None] * world
+            dist.all_gather_object(ranks, mine)
+        if main:
+            _save_atomic({"step": step, "settings": st.training(), "spec": asdict(spec), "trainable": net.state_dict(),
+                          "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
+                          "ema": ema.state_dict(), "scaler": scaler.state_dict(), **mine, "losses": losses,
+                          "world_size": world, **({"ranks": ranks} if world > 1 else {})}, ckpt_file)
 
     t0, start = time.time(), step
-    with tqdm(total=st.steps, initial=step, desc="s2s2-tune", unit="step", disable=not progress,
+    with tqdm(total=st.steps, initial=step, desc="s2s2-tune", unit="step", disable=not (progress and main),
               file=sys.stderr) as bar:
         while step < st.steps:
             imgs, labs = sampler.batch(st.batch_size)
             x0 = _standardised(model, imgs, dev)
-            loss = model.training_loss(x0, torch.from_numpy(labs).to(dev), noise_gen)
+            loss = trainer.training_loss(x0, torch.from_numpy(labs).to(dev), noise_gen)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -426,18 +481,27 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
             bar.set_postfix_str(f"loss {np.mean(losses[-50:]):.4f}")
             if step % st.save_every == 0 and step < st.steps:
                 checkpoint()
-                print(f"s2s2-tune: step {step}, loss (last {min(st.save_every, 500)}) "
+                say(f"s2s2-tune: step {step}, loss (last {min(st.save_every, 500)}) "
                       f"{np.mean(losses[-min(st.save_every, 500):]):.4f}, checkpoint {ckpt_file}")
     dt = time.time() - t0
     checkpoint()
-    final = model.replaced(_ema_copy(net, ema))
-    final.save(out, info={"step": step, "final_loss": float(np.mean(losses[-100:])) if losses else None})
-    if preview:
-        write_preview(out / "preview.png", final, sampler, n=preview, steps=st.preview_ddim_steps)
+    if main:
+        final = model.replaced(_ema_copy(net, ema))
+        final.save(out, info={"step": step, "final_loss": float(np.mean(losses[-100:])) if losses else None,
+                              "processes": world})
+        if preview:
+            write_preview(out / "preview.png", final, sampler, n=preview, steps=st.preview_ddim_steps)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the other processes return once rank 0 has written the model
+        if own_group:
+            dist.destroy_process_group()
     if step > start:
-        print(f"s2s2-tune: {step - start} step(s) in {dt:.1f} s ({(step - start) / max(dt, 1e-9):.2f} steps/s, "
-              f"{(step - start) * st.batch_size / max(dt, 1e-9):.1f} crops/s)")
-    print(f"s2s2-tune: step {step}, loss {np.mean(losses[-100:]) if losses else float('nan'):.4f}; model {out}")
+        say(f"s2s2-tune: {step - start} step(s) in {dt:.1f} s ({(step - start) / max(dt, 1e-9):.2f} steps/s, "
+            f"{(step - start) * st.batch_size * world / max(dt, 1e-9):.1f} crops/s"
+            f"{f' over {world} processes' if world > 1 else ''})")
+    say(f"s2s2-tune: step {step}, loss {np.mean(losses[-100:]) if losses else float('nan'):.4f}; model {out}")
     return out
 
 
