@@ -4,6 +4,7 @@ gradients), and end to end with the real TAESD weights on the synthetic 2D datas
 nnUNetTrainerGMS, nnUNetv2_predict, Dice above chance); a missing VAE's error."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,10 @@ def gms_env(dataset2d, nnunet_env):
     if not TAESD.is_dir():
         pytest.skip(f"TAESD weights not found at {TAESD} (../shared is absent)")
     run_cli("nnunet-ext", ["plan-gms", "-d", dataset2d["id"]], nnunet_env)
+    plans = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / dataset2d["name"] / "nnUNetPlans.json").read_text())
+    gms = plans["configurations"]["gms_2d"]
+    assert gms["inherits_from"] == "2d" and gms["batch_size"] == 8, gms  # GMS's batch, not nnU-Net's 2d plan
+    assert all(s % 8 == 0 for s in gms["patch_size"]), gms
     return dict(nnunet_env, **{VAE_ENV: str(TAESD)})
 
 

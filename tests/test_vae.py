@@ -86,6 +86,50 @@ def test_checksum_changes_with_the_weights(tmp_path):
     assert checksum(tmp_path / "vae") != c1
 
 
+def test_checksum_of_a_pipeline_folder_covers_its_vae_only(tmp_path):
+    """A Stable Diffusion pipeline folder: load_vae uses vae/, and only vae/'s files name the VAE (other weights in
+    the folder neither count as a change nor get hashed)."""
+    sd = tmp_path / "sd"
+    _tiny_kl(sd / "vae")
+    (sd / "unet").mkdir()
+    (sd / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"0" * 1000)
+    (sd / "model_index.json").write_text("{}")
+    assert load_vae(str(sd)).is_kl
+    c1 = checksum(sd)
+    (sd / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"1" * 1000)
+    (sd / "extra.safetensors").write_bytes(b"x")
+    assert checksum(sd) == c1
+    w = next((sd / "vae").glob("*.safetensors"))
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    assert checksum(sd) != c1
+
+
+KVASIR_IMAGES = SHARED / "data" / "kvasir_seg_256" / "images"
+
+
+@pytest.mark.skipif(not (TAESD.is_dir() and KVASIR_IMAGES.is_dir()),
+                    reason=f"TAESD weights ({TAESD}) or Kvasir-SEG images ({KVASIR_IMAGES}) not found (../shared)")
+def test_real_taesd_round_trip_on_a_real_image():
+    from PIL import Image
+
+    vae = load_vae(str(TAESD))
+    path = sorted(KVASIR_IMAGES.glob("*.jpg"))[0]
+    img = np.asarray(Image.open(path).convert("RGB").resize((256, 256)), dtype=np.float32) / 127.5 - 1
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x))
+    assert rec.shape == x.shape
+
+    def psnr(r):
+        return 10 * np.log10(4.0 / float(((r.clamp(-1, 1) - x) ** 2).mean()))
+
+    pooled = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 8), scale_factor=8, mode="bilinear")
+    assert psnr(rec) > 20, f"TAESD should reconstruct the endoscopy image {path.name} (PSNR {psnr(rec):.1f} dB)"
+    assert psnr(rec) > psnr(pooled), "the latent (1/8 size) should keep more than an 8x average-pooled image"
+
+
 @pytest.mark.skipif(not TAESD.is_dir(), reason=f"TAESD weights not found at {TAESD} (../shared is absent)")
 def test_real_taesd_weights_load_strictly_and_reconstruct():
     vae = load_vae(str(TAESD))

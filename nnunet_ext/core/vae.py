@@ -81,11 +81,26 @@ def _load_taesd(folder: Path) -> nn.Module:
     return model
 
 
+def vae_files(folder) -> list:
+    """The files ``load_vae`` reads from a VAE folder: TAESD's two files, or the diffusers folder's ``config.json``
+    and weights (a Stable Diffusion pipeline folder: those in its ``vae/``). Other files are not the VAE's."""
+    kind, where = _vae_kind(Path(folder))
+    if kind == "taesd":
+        return [where / f for f in TAESD_FILES]
+    return sorted(p for p in where.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"))
+
+
 def checksum(folder) -> str:
-    """SHA-256 over the names and bytes of the weight and config files of a VAE folder (sorted)."""
+    """SHA-256 over the names and bytes of the files a VAE folder's model is loaded from (``vae_files``; a folder
+    that holds no VAE: all its weight and config files). A Stable Diffusion pipeline folder is hashed by its
+    ``vae/`` only, so other weights in it neither cost time nor count as a changed VAE."""
     folder = Path(folder)
+    try:
+        files = vae_files(folder)
+    except VAENotFoundError:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or
+                                                                         p.name == "config.json"))
     h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"))
     for p in files:
         h.update(str(p.relative_to(folder)).encode())
         with open(p, "rb") as f:

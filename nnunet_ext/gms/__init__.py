@@ -4,7 +4,7 @@
   supervision heads).
 * ``network``: ``GMSNetwork`` = frozen VAE encoder -> mapping model -> frozen VAE decoder -> per-class logits,
   the network nnU-Net builds, validates and predicts with.
-* ``loss``: latent MSE and soft Dice on the decoded masks.
+* ``term``: the latent MSE term (nnU-Net's Dice on the decoded masks is the segmentation loss).
 * ``plan``: ``nnunet-ext plan-gms`` (the ``gms_2d`` configuration).
 * ``trainer``: ``nnUNetTrainerGMS``.
 """

@@ -1,7 +1,9 @@
 """``nnunet-ext plan-gms``: add the ``gms_2d`` configuration to a dataset's nnU-Net plans.
 
 ``gms_2d`` inherits nnU-Net's ``2d`` configuration (same spacing, normalisation and preprocessed data, so nothing
-is preprocessed twice) with the patch size rounded up to a multiple of 8 (the VAE's down-sampling factor). The
+is preprocessed twice) with the patch size rounded up to a multiple of 8 (the VAE's down-sampling factor) and
+GMS's batch size, 8 (``batch_size``; nnU-Net's 2d plan fills a GPU with many small slices, e.g. 366 for
+Hippocampus, which through a VAE encoder and decoder would cost far more than GMS's training; 0 keeps nnU-Net's). The
 intensity mapping to the VAE's [-1, 1] and the 1 -> 3 channel replication happen in the network
 (``nnunet_ext.gms.network``), so the plans stay ordinary nnU-Net plans. Run after nnU-Net's planning of ``2d``;
 if the 2d data is not preprocessed yet, nnU-Net's ``nnUNetv2_preprocess`` is run for ``gms_2d``.
@@ -18,10 +20,11 @@ from pathlib import Path
 from nnunet_ext.errors import UserError
 
 GMS_CONFIG = "gms_2d"
+GMS_BATCH_SIZE = 8  # GMS's (METHODS.md section 2)
 
 
 def plan_gms(dataset, plans: str = "nnUNetPlans", source: str = "2d", name: str = GMS_CONFIG,
-             num_processes: int = 2) -> dict:
+             num_processes: int = 2, batch_size: int = GMS_BATCH_SIZE) -> dict:
     from nnunet_ext.paths import nnunet_folder, resolve_dataset_name
 
     ds = resolve_dataset_name(dataset)
@@ -35,7 +38,11 @@ def plan_gms(dataset, plans: str = "nnUNetPlans", source: str = "2d", name: str 
                         f"-c {source} first")
     src = p["configurations"][source]
     patch = [int(math.ceil(s / 8) * 8) for s in src["patch_size"]]
-    p["configurations"][name] = {"inherits_from": source, "patch_size": patch}
+    if batch_size < 0:
+        raise UserError(f"--batch-size must be 0 (nnU-Net's {source} plan: {src['batch_size']}) or positive, "
+                        f"got {batch_size}")
+    p["configurations"][name] = {"inherits_from": source, "patch_size": patch,
+                                 **({"batch_size": int(batch_size)} if batch_size else {})}
     tmp = plans_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(p, indent=4))
     os.replace(tmp, plans_file)
@@ -44,6 +51,7 @@ def plan_gms(dataset, plans: str = "nnUNetPlans", source: str = "2d", name: str 
         exe = Path(sys.executable).parent / "nnUNetv2_preprocess"
         subprocess.run([str(exe if exe.exists() else "nnUNetv2_preprocess"), "-d", str(dataset), "-plans_name", plans,
                         "-c", name, "-np", str(num_processes)], check=True)
-    print(f"plan-gms: {ds} {plans}: configuration {name} (inherits {source}, patch size {patch}, data in {data_dir.name})")
+    print(f"plan-gms: {ds} {plans}: configuration {name} (inherits {source}, patch size {patch}, batch size "
+          f"{batch_size or src['batch_size']}, data in {data_dir.name})")
     print(f"next: export nnUNet_ext_vae=/path/to/vae && nnUNetv2_train {dataset} {name} 0 -tr nnUNetTrainerGMS")
     return p["configurations"][name]
