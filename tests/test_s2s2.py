@@ -15,7 +15,7 @@ from conftest import foreground_dice_2d, run_cli
 
 from nnunet_ext.core.consistency import cosine_consistency
 from nnunet_ext.s2s2.gin import GINGenerator
-from nnunet_ext.s2s2.stack import open_stack_case, shard, write_stack_case
+from nnunet_ext.s2s2.stack import open_stack_case, shard, write_stack_case, write_stack_info
 
 
 def test_cosine_consistency_by_hand_over_channels():
@@ -56,6 +56,41 @@ def test_paired_channels_get_one_spatial_transform():
             assert x[0][s == 1].mean() > x[0][s == 0].mean() and x[1][s == 1].mean() < x[1][s == 0].mean()
 
 
+def test_intensity_augmentation_is_drawn_separately_for_real_and_copy():
+    """nnUNetTrainerS2S2's transforms: each random intensity transform fires on the real half and on the copy
+    independently (nnU-Net's own RandomTransform would fire for both or neither), the mask of use_mask_for_norm
+    covers the copy's channels, and an unlabelled C-channel image gets each transform once."""
+    from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+    from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    from nnunet_ext.s2s2.data import PerHalfTransform
+    from nnunet_ext.s2s2.trainer import nnUNetTrainerS2S2
+
+    torch.manual_seed(0)
+    double = RandomTransform(MultiplicativeBrightnessTransform((2.0, 2.0), synchronize_channels=False,
+                                                               p_per_channel=1), apply_probability=0.5)
+    fired_plain = [double(image=torch.ones(2, 4, 4))["image"][:, 0, 0].tolist() for _ in range(200)]
+    assert all(a == b for a, b in fired_plain), "nnU-Net's RandomTransform: both channels or neither"
+    per_half = PerHalfTransform(double, channels=1)
+    fired = np.array([per_half(image=torch.ones(2, 4, 4))["image"][:, 0, 0].tolist() for _ in range(400)]) == 2
+    assert 0.2 < fired[:, 0].mean() < 0.8 and 0.2 < fired[:, 1].mean() < 0.8
+    assert 0.35 < (fired[:, 0] != fired[:, 1]).mean() < 0.65, "real and copy fire independently (p = 0.5 each)"
+    assert per_half(image=torch.ones(1, 4, 4))["image"].shape == (1, 4, 4)
+
+    tr = nnUNetTrainerS2S2.get_training_transforms((32, 32), (-np.pi, np.pi), None, (0, 1), False,
+                                                   use_mask_for_norm=[True, False], foreground_labels=[1])
+    wrapped = [t for t in tr.transforms if isinstance(t, PerHalfTransform)]
+    assert len(wrapped) == 7, "noise, blur, brightness, contrast, low resolution, two gammas"
+    assert not any(isinstance(t, RandomTransform) for t in tr.transforms), "none left drawn once for the pair"
+    mask = [t for t in tr.transforms if isinstance(t, MaskImageTransform)]
+    assert len(mask) == 1 and mask[0].apply_to_channels == [0, 2], "the copy's channel 0 is masked like the real's"
+    img = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((40, 40)), 3).astype(np.float32)
+    seg = (img > 0.2).astype(np.int16)
+    out = tr(image=torch.from_numpy(np.stack([img, img, -img, -img])), segmentation=torch.from_numpy(seg[None]))
+    assert out["image"].shape == (4, 32, 32) and out["segmentation"].shape == (1, 32, 32)
+
+
 def test_gin_is_deterministic_keeps_shape_and_statistics():
     rng = np.random.default_rng(1)
     data = rng.standard_normal((3, 2, 32, 40)).astype(np.float32)
@@ -79,6 +114,27 @@ def test_stack_store_is_atomic_and_parts_cover_every_case_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case00.b2nd"], "no temporary file left behind"
     stack = open_stack_case(tmp_path, "case00")
     assert stack.shape == copies.shape and np.array_equal(stack[2], copies[2])
+
+
+def _write_info_many_times(folder: str, n: int) -> None:
+    for i in range(n):
+        write_stack_info(folder, {"k": 2, "i": i})
+
+
+def test_stack_info_written_by_parts_at_once_does_not_collide(tmp_path):
+    """Parts started together (several GPUs / nodes) write stack.json at the same moment: each through its own
+    temporary file, so no part fails and the file is always complete."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_write_info_many_times, args=(str(tmp_path), 300)) for _ in range(3)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join(60)
+    assert [pr.exitcode for pr in procs] == [0, 0, 0]
+    assert json.loads((tmp_path / "stack.json").read_text())["k"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["stack.json"], "no temporary file left behind"
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -166,6 +166,22 @@ def test_resume_continues_exactly(tuned, dataset2d, nnunet_vars, tmp_path, capsy
         (tuned["folder"] / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(), "same EMA weights"
 
 
+def test_tune_from_init_and_resume_keep_the_init_architecture(dataset2d, nnunet_vars, tmp_path):
+    """``s2s2-tune --init`` with a UNet2DModel whose widths differ from the CLI's --channels, then --resume: the
+    resumed run rebuilds the init model's architecture (stored in checkpoint.pt), not the CLI defaults'."""
+    from nnunet_ext.cli import main
+
+    torch.manual_seed(0)
+    build_unet(3, 3, 32, (16, 32), 1, mid_attention=False).save_pretrained(str(tmp_path / "init"))
+    args = ["s2s2-tune", "-d", str(dataset2d["id"]), "-c", "2d", "-f", "0", "--save-every", "2", "-o",
+            str(tmp_path / "gen"), "--init", str(tmp_path / "init"), *map(str, TINY)]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "4", "--resume"]) == 0
+    ckpt = torch.load(tmp_path / "gen" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == 4 and tuple(ckpt["unet_config"]["block_out_channels"]) == (16, 32)
+    assert MaskDiffusion.load(tmp_path / "gen").unet.config.block_out_channels[-1] == 32
+
+
 def test_tune_on_two_processes_with_ddp_resumes_exactly(dataset2d, nnunet_env, tmp_path):
     """``torchrun --nproc_per_node 2 nnunet-ext s2s2-tune`` (CPU processes, gloo): one DDP model, every process's
     random states in the checkpoint, and ``--resume`` under torchrun continues exactly."""
@@ -211,6 +227,39 @@ def test_generate_with_the_tuned_model(diffusion_stack, tuned, dataset2d, nnunet
     np.testing.assert_allclose(gen.copy(real, cases[0], 1, seg=seg), stack[1], atol=1e-4)
 
 
+def test_3d_fullres_slices_for_the_generator_and_s2s2_training(dataset3d, nnunet_env, nnunet_dirs):
+    """3d_fullres: s2s2-tune on the volumes' 2D slices, s2s2-generate (diffusion and GIN) writes copies of each
+    preprocessed 3D case's shape, and nnUNetTrainerS2S2 trains on the 3D stack through nnUNetv2_train."""
+    import blosc2
+
+    from nnunet_ext.s2s2.stack import open_stack_case
+
+    ds, pre = dataset3d, Path(nnunet_dirs["preprocessed"]) / dataset3d["name"]
+    stacks = {g: pre / f"nnUNetPlans_3d_fullres_s2s2_{g}" for g in ("diffusion", "gin")}
+    try:
+        run_cli("nnunet-ext", ["s2s2-tune", "-d", ds["id"], "-c", "3d_fullres", "-f", 0, "--steps", 2, "--save-every",
+                               2, *TINY], nnunet_env)
+        run_cli("nnunet-ext", ["s2s2-generate", "-d", ds["id"], "-c", "3d_fullres", "-k", 1, "--generator",
+                               "diffusion", "-f", 0, "--ddim-steps", 2, "--batch-size", 32, "-device", "cpu", "-q"],
+                nnunet_env)
+        run_cli("nnunet-ext", ["s2s2-generate", "-d", ds["id"], "-c", "3d_fullres", "-k", 2, "--generator", "gin",
+                               "-q"], nnunet_env)
+        for gen, k in (("diffusion", 1), ("gin", 2)):
+            case = sorted(stacks[gen].glob("*.b2nd"))[0]
+            real = blosc2.open(str(pre / "nnUNetPlans_3d_fullres" / case.name), mode="r")
+            stack = open_stack_case(stacks[gen], case.name[:-5])
+            assert len(real.shape) == 4 and stack.shape == (k, *real.shape), (gen, stack.shape, real.shape)
+            assert np.isfinite(stack[:]).all()
+        run_cli("nnUNetv2_train", [ds["id"], "3d_fullres", 0, "-tr", "nnUNetTrainerS2S2Gin_micro", "-device", "cpu"],
+                nnunet_env)
+        fold = Path(nnunet_dirs["results"]) / ds["name"] / "nnUNetTrainerS2S2Gin_micro__nnUNetPlans__3d_fullres" / "fold_0"
+        ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        assert np.isfinite(ckpt["logging"]["consist_enc"]).all() and np.isfinite(ckpt["logging"]["seg_copy"]).all()
+    finally:  # other tests of this dataset train without a stack
+        for folder in stacks.values():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_missing_tuned_model_names_the_tune_command(dataset2d, nnunet_vars, capsys):
     from nnunet_ext.cli import main
 
@@ -220,8 +269,12 @@ def test_missing_tuned_model_names_the_tune_command(dataset2d, nnunet_vars, caps
     assert "no tuned diffusion generator" in err and f"nnunet-ext s2s2-tune -d {dataset2d['id']} -c 2d -f 3" in err
 
 
-def test_s2s2_trains_on_the_diffusion_stack(diffusion_stack, dataset2d, nnunet_env, nnunet_dirs):
-    """nnUNetTrainerS2S2Diffusion_micro (tests/ext_trainers): s2s2_generator = "diffusion", 1 epoch of 3 iterations."""
+def test_s2s2_trains_on_the_diffusion_stack(diffusion_stack, dataset2d, nnunet_env, nnunet_dirs, tmp_path):
+    """nnUNetTrainerS2S2Diffusion_micro (tests/ext_trainers): s2s2_generator = "diffusion", 1 epoch of 3 iterations;
+    nnUNetv2_predict with it writes one label map per test image, of the image's size (3 iterations are too few
+    for a Dice check: the GIN run in test_s2s2.py checks that)."""
+    from PIL import Image
+
     run_cli("nnUNetv2_train", [dataset2d["id"], "2d", 0, "-tr", "nnUNetTrainerS2S2Diffusion_micro", "-device", "cpu"],
             nnunet_env)
     fold = Path(nnunet_dirs["results"]) / dataset2d["name"] / "nnUNetTrainerS2S2Diffusion_micro__nnUNetPlans__2d" \
@@ -231,6 +284,15 @@ def test_s2s2_trains_on_the_diffusion_stack(diffusion_stack, dataset2d, nnunet_e
         assert np.isfinite(ckpt["logging"][k][0]), k
     logs = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "nnUNetPlans_2d_s2s2_diffusion" in logs, "trained on the diffusion stack"
+    out = tmp_path / "pred"
+    run_cli("nnUNetv2_predict", ["-i", dataset2d["raw"] / "imagesTs", "-o", out, "-d", dataset2d["id"], "-c", "2d",
+                                 "-f", 0, "-tr", "nnUNetTrainerS2S2Diffusion_micro", "-device", "cpu", "--disable_tta",
+                                 "-npp", 1, "-nps", 1], nnunet_env)
+    images = sorted((dataset2d["raw"] / "imagesTs").glob("*_0000.png"))
+    assert len(images) == 2
+    for img in images:
+        pred = out / img.name.replace("_0000.png", ".png")
+        assert Image.open(pred).size == Image.open(img).size, pred
 
 
 # ------------------------------------------------------------------------------------------------ ControlNet

@@ -15,6 +15,7 @@ seg=seg)``), and one with ``copies(data, case, ks, seg)`` makes all K copies of 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,8 @@ def generate_stack(dataset, configuration: str, k: int = 16, generator: str = "g
                 {kk: info[kk] for kk in ("generator", "settings", "k")}:
             raise S2S2Error(f"{out} holds a stack made with other settings (k={old.get('k')}, {old.get('settings')}); "
                             f"remove it to make a new one")
-    write_stack_info(out, {**info, "date": _dt.datetime.now().isoformat(timespec="seconds")})
+    else:  # written once (by whichever part starts first), kept by resumed runs and the other parts
+        write_stack_info(out, {**info, "date": _dt.datetime.now().isoformat(timespec="seconds")})
     mine = shard(cases, part, num_parts)
     todo = [c for c in mine if not (out / f"{c}.b2nd").is_file()]
     print(f"s2s2-generate {name} {configuration}: {len(cases)} case(s), part {part}/{num_parts}: {len(mine)}, "
@@ -109,7 +111,7 @@ def generate_stack(dataset, configuration: str, k: int = 16, generator: str = "g
     if todo:
         print(f"s2s2-generate: {n_images} images (2D slices) in {time.time() - t0:.1f} s "
               f"({n_images / max(time.time() - t0, 1e-9):.1f} img/s)")
-    if preview_cases:
+    if preview_cases and part == 0:  # one preview per stack: part 0's first cases (= the first cases of all)
         write_preview(out, data_dir, sorted(mine)[:preview_cases])
     return out
 
@@ -143,7 +145,8 @@ def write_preview(out: Path, data_dir: Path, cases: List[str], max_copies: int =
                     ax.set_title(["mask", "real"][c] if c < 2 else f"copy {c - 1}", fontsize=8)
     fig.tight_layout()
     path = out / "preview.png"
-    fig.savefig(str(path) + ".tmp.png")
+    tmp = out / f".preview.{os.getpid()}.tmp.png"
+    fig.savefig(str(tmp))
     plt.close(fig)
-    Path(str(path) + ".tmp.png").replace(path)
+    tmp.replace(path)
     return path

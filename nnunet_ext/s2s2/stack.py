@@ -63,7 +63,9 @@ def open_stack_case(folder, case: str):
 
 
 def write_stack_info(folder, info: dict) -> None:
+    """``stack.json``, atomically; the temporary file is this process's own, so parts started together
+    (``--part i --num-parts n`` on several GPUs or nodes) do not collide."""
     folder = Path(folder)
-    tmp = folder / "stack.json.tmp"
+    tmp = folder / f".stack.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, folder / "stack.json")

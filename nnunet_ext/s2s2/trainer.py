@@ -2,7 +2,7 @@
 
 Each training sample is paired with one random copy from its semantic stack (``nnunet-ext s2s2-generate``),
 carried through nnU-Net's loader as extra channels (one spatial augmentation for the pair, independent intensity
-augmentation; ``nnunet_ext.s2s2.data``). Loss = Dice+CE(real) + ``s2s2_copy_weight`` * Dice+CE(copy)
+augmentation: ``get_training_transforms``, ``nnunet_ext.s2s2.data``). Loss = Dice+CE(real) + ``s2s2_copy_weight`` * Dice+CE(copy)
 + ``s2s2_alpha_enc`` * (1 - cos) of the deepest encoder feature + ``s2s2_alpha_dec`` * (1 - cos) of the last
 decoder feature (``nnunet_ext.s2s2.term``), defaults 1.0 / 1.0 / 1.0 (the paper's TransUNet setting).
 Validation and prediction are stock nnU-Net's (real images only); the checkpoint holds the plain network.
@@ -73,6 +73,19 @@ class nnUNetTrainerS2S2(nnUNetTrainerExt):
         dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                          folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         return dataset_tr, dataset_val
+
+    @classmethod
+    def get_training_transforms(cls, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False, foreground_labels=None,
+                                regions=None, ignore_label=None):
+        """nnU-Net's transforms, intensity augmentation drawn separately for the real image and its copy
+        (``nnunet_ext.s2s2.data.paired_training_transforms``; C = the dataset's channels)."""
+        from nnunet_ext.s2s2.data import paired_training_transforms
+
+        base = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                               do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded,
+                                               foreground_labels, regions, ignore_label)
+        return paired_training_transforms(base, len(use_mask_for_norm))
 
     def train_step(self, batch: dict) -> dict:
         data, target = self.batch_to_device(batch)

@@ -401,6 +401,10 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
     else:
         if st.init and ckpt is None:
             unet = load_init_unet(st.init, spec.channels, spec.num_labels)
+        elif ckpt is not None and ckpt.get("unet_config"):  # the architecture trained (--init: the init model's)
+            from diffusers import UNet2DModel
+
+            unet = UNet2DModel.from_config(ckpt["unet_config"])
         else:
             unet = build_unet(spec.channels, spec.num_labels, st.image_size, st.block_channels, st.layers_per_block,
                               st.mid_attention)
@@ -458,6 +462,7 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
             _save_atomic({"step": step, "settings": st.training(), "spec": asdict(spec), "trainable": net.state_dict(),
                           "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
                           "ema": ema.state_dict(), "scaler": scaler.state_dict(), **mine, "losses": losses,
+                          "unet_config": None if controlnet else dict(net.config),
                           "world_size": world, **({"ranks": ranks} if world > 1 else {})}, ckpt_file)
 
     t0, start = time.time(), step

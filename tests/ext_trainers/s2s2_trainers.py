@@ -18,3 +18,8 @@ class nnUNetTrainerS2S2FD_micro(ScheduleMixin, nnUNetTrainerS2S2, nnUNetTrainerF
 class nnUNetTrainerS2S2Diffusion_micro(ScheduleMixin, nnUNetTrainerS2S2):
     schedule = S2S2_MICRO
     s2s2_generator = "diffusion"
+
+
+class nnUNetTrainerS2S2Gin_micro(ScheduleMixin, nnUNetTrainerS2S2):
+    schedule = S2S2_MICRO
+    s2s2_generator = "gin"
