@@ -159,6 +159,24 @@ def test_fast_training_path_gives_the_same_loss_and_gradients(vae_kind, tmp_path
     torch.testing.assert_close(logits, plain, rtol=1e-9, atol=1e-9)
 
 
+def test_plan_gms_upsample_preprocesses_a_finer_grid(dataset2d, nnunet_env):
+    """plan-gms --upsample 2 --name gms_2d_x2: half nnU-Net's 2d spacing, twice its patch (a multiple of 8), its own
+    data preprocessed by nnU-Net at twice the size; gms_2d (used by the other tests) is left alone."""
+    import blosc2
+
+    pre = Path(nnunet_env["nnUNet_preprocessed"]) / dataset2d["name"]
+    run_cli("nnunet-ext", ["plan-gms", "-d", dataset2d["id"], "--upsample", 2, "--name", "gms_2d_x2"], nnunet_env)
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]
+    base, up = plans["2d"], plans["gms_2d_x2"]
+    assert up["spacing"] == [s / 2 for s in base["spacing"]] and up["batch_size"] == 8
+    assert all(u % 8 == 0 and u >= 2 * b for u, b in zip(up["patch_size"], base["patch_size"])), up
+    assert up["data_identifier"] == "nnUNetPlans_gms_2d_x2"
+    case = sorted((pre / "nnUNetPlans_2d").glob("*.b2nd"))[0].name
+    small = blosc2.open(str(pre / "nnUNetPlans_2d" / case), mode="r").shape
+    big = blosc2.open(str(pre / "nnUNetPlans_gms_2d_x2" / case), mode="r").shape
+    assert big[:2] == small[:2] and all(abs(b - 2 * s) <= 1 for b, s in zip(big[2:], small[2:])), (small, big)
+
+
 @pytest.fixture(scope="module")
 def gms_env(dataset2d, nnunet_env):
     if not TAESD.is_dir():

@@ -12,11 +12,15 @@ def register(subparsers) -> None:
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8,
                    help="batch size of gms_2d (GMS's: 8; 0 keeps nnU-Net's 2d plan)")
+    p.add_argument("--name", default="gms_2d", help="name of the configuration (e.g. gms_2d_x4 beside gms_2d)")
+    p.add_argument("--upsample", type=float, default=1,
+                   help="F > 1: spacing / F and patch x F, preprocessed anew (small images: a finer latent grid)")
     p.add_argument("-np", dest="num_processes", type=int, default=2, help="processes if preprocessing is needed")
     p.set_defaults(func=cmd_plan_gms)
 
 
 def cmd_plan_gms(args) -> int:
     from nnunet_ext.gms.plan import plan_gms
-    plan_gms(args.dataset, plans=args.plans, num_processes=args.num_processes, batch_size=args.batch_size)
+    plan_gms(args.dataset, plans=args.plans, name=args.name, num_processes=args.num_processes, batch_size=args.batch_size,
+             upsample=args.upsample)
     return 0
