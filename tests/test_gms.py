@@ -69,6 +69,13 @@ def test_network_logits_state_dict_and_changed_vae(tmp_path):
     with pytest.raises(VAEChangedError, match=VAE_ENV):
         other.load_state_dict(net.state_dict())
     GMSNetwork(load_vae(str(tmp_path / "a")), 3, 1, width=16).load_state_dict(net.state_dict())  # same VAE: fine
+    # the same folder, its weights file edited in place after training: refused as well
+    w = next((tmp_path / "a").glob("*.safetensors"))
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    with pytest.raises(VAEChangedError, match=VAE_ENV):
+        GMSNetwork(load_vae(str(tmp_path / "a")), 3, 1, width=16).load_state_dict(net.state_dict())
 
 
 def _explicit_attention(self, x):
