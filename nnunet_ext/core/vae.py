@@ -81,13 +81,17 @@ def _load_taesd(folder: Path) -> nn.Module:
     return model
 
 
+def _weight_or_config(p: Path) -> bool:
+    return p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+
+
 def vae_files(folder) -> list:
     """The files ``load_vae`` reads from a VAE folder: TAESD's two files, or the diffusers folder's ``config.json``
     and weights (a Stable Diffusion pipeline folder: those in its ``vae/``). Other files are not the VAE's."""
     kind, where = _vae_kind(Path(folder))
     if kind == "taesd":
         return [where / f for f in TAESD_FILES]
-    return sorted(p for p in where.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"))
+    return sorted(p for p in where.iterdir() if _weight_or_config(p))
 
 
 def checksum(folder) -> str:
@@ -98,8 +102,7 @@ def checksum(folder) -> str:
     try:
         files = vae_files(folder)
     except VAENotFoundError:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or
-                                                                         p.name == "config.json"))
+        files = sorted(p for p in folder.rglob("*") if _weight_or_config(p))
     h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(folder)).encode())

@@ -44,6 +44,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from nnunet_ext.s2s2.diffusion import (DEFAULT_PROMPT, SPEC_FILE, ControlNetDiffusion, DiffusionModelError,
                                        DiffusionSpec, MaskDiffusion, build_unet, load_init_unet, modality_of,
@@ -234,8 +235,6 @@ def _set_rank_state(st: dict, sampler, noise_gen) -> None:
 def _process_group(dev: torch.device) -> Tuple[int, int, torch.device, bool]:
     """``(rank, world size, device, created)``: under torchrun (``WORLD_SIZE`` > 1) joins torch's default process
     group (NCCL on CUDA, gloo otherwise; ``created``: this call made it) and takes GPU ``LOCAL_RANK``."""
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, dev, False
@@ -456,8 +455,6 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
         mine = _rank_state(sampler, noise_gen)
         ranks = [mine]
         if world > 1:
-            import torch.distributed as dist
-
             ranks = [None] * world
             dist.all_gather_object(ranks, mine)
         if main:
@@ -489,7 +486,7 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
             if step % st.save_every == 0 and step < st.steps:
                 checkpoint()
                 say(f"s2s2-tune: step {step}, loss (last {min(st.save_every, 500)}) "
-                      f"{np.mean(losses[-min(st.save_every, 500):]):.4f}, checkpoint {ckpt_file}")
+                    f"{np.mean(losses[-min(st.save_every, 500):]):.4f}, checkpoint {ckpt_file}")
     dt = time.time() - t0
     checkpoint()
     if main:
@@ -499,8 +496,6 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
         if preview:
             write_preview(out / "preview.png", final, sampler, n=preview, steps=st.preview_ddim_steps)
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()  # the other processes return once rank 0 has written the model
         if own_group:
             dist.destroy_process_group()
