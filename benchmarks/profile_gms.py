@@ -12,8 +12,8 @@ For each shape (dataset-like: patch, input channels, foreground classes) builds 
   the backward is ``backward - mapping bwd``;
 * ``optimizer``: AdamW step.
 
-Medians over ``--repeats`` after one warm-up, in this process. Writes ``benchmarks/results/gms_profile_<date>.{md,json}``
-with the exact command, date and machine.
+Medians over ``--repeats`` after one warm-up, in this process. Writes
+``benchmarks/results/gms_profile_<date>.{md,json}`` with the exact command, date and machine.
 
     python benchmarks/profile_gms.py --repeats 5
 """

@@ -252,7 +252,8 @@ def test_3d_fullres_slices_for_the_generator_and_s2s2_training(dataset3d, nnunet
             assert np.isfinite(stack[:]).all()
         run_cli("nnUNetv2_train", [ds["id"], "3d_fullres", 0, "-tr", "nnUNetTrainerS2S2Gin_micro", "-device", "cpu"],
                 nnunet_env)
-        fold = Path(nnunet_dirs["results"]) / ds["name"] / "nnUNetTrainerS2S2Gin_micro__nnUNetPlans__3d_fullres" / "fold_0"
+        fold = Path(nnunet_dirs["results"]) / ds["name"] / "nnUNetTrainerS2S2Gin_micro__nnUNetPlans__3d_fullres" \
+            / "fold_0"
         ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         assert np.isfinite(ckpt["logging"]["consist_enc"]).all() and np.isfinite(ckpt["logging"]["seg_copy"]).all()
     finally:  # other tests of this dataset train without a stack

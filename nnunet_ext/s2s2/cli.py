@@ -79,7 +79,8 @@ def register(subparsers) -> None:
     t.add_argument("--generator", default="diffusion", choices=["diffusion", "controlnet"],
                    help="generator to tune (controlnet: needs --init STABLE_DIFFUSION_FOLDER)")
     t.add_argument("--steps", type=int, default=20000, help="total optimisation steps (also with --resume)")
-    t.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="crops per step (per process under torchrun)")
+    t.add_argument("--batch-size", dest="batch_size", type=int, default=16,
+                   help="crops per step (per process under torchrun)")
     t.add_argument("--image-size", dest="image_size", type=int, default=64,
                    help="training crop size (pixels; a multiple of 2^(levels-1)); sampling is at each slice's size")
     t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")

@@ -2,9 +2,10 @@
 
 Each training sample is paired with one random copy from its semantic stack (``nnunet-ext s2s2-generate``),
 carried through nnU-Net's loader as extra channels (one spatial augmentation for the pair, independent intensity
-augmentation: ``get_training_transforms``, ``nnunet_ext.s2s2.data``). Loss = Dice+CE(real) + ``s2s2_copy_weight`` * Dice+CE(copy)
-+ ``s2s2_alpha_enc`` * (1 - cos) of the deepest encoder feature + ``s2s2_alpha_dec`` * (1 - cos) of the last
-decoder feature (``nnunet_ext.s2s2.term``), defaults 1.0 / 1.0 / 1.0 (the paper's TransUNet setting).
+augmentation: ``get_training_transforms``, ``nnunet_ext.s2s2.data``). Loss = Dice+CE(real)
++ ``s2s2_copy_weight`` * Dice+CE(copy) + ``s2s2_alpha_enc`` * (1 - cos) of the deepest encoder feature
++ ``s2s2_alpha_dec`` * (1 - cos) of the last decoder feature (``nnunet_ext.s2s2.term``), defaults 1.0 / 1.0 / 1.0
+(the paper's TransUNet setting).
 Validation and prediction are stock nnU-Net's (real images only); the checkpoint holds the plain network.
 
 The stack used: ``s2s2_generator`` (class attribute), or the only stack present for the configuration.
