@@ -48,7 +48,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import add_allocator_argument, allocator_label, bootstrap_median_ci, ensure_allocator, machine  # noqa: E402,E501
+from bench_fd import (add_allocator_argument, allocator_label, bootstrap_median_ci, ensure_allocator,  # noqa: E402
+                      machine, new_record_stem)
 from bench_hippocampus_fd_quality import _bin, run  # noqa: E402  (console scripts, resumable steps)
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -327,7 +328,7 @@ def main(argv=None):
     header = f"Command: `{command}`  \nDate: {date}  \nMachine: {machine()}  \nAllocator: {allocator_label(args)}\n\n"
     if "speed" in parts:
         r = speed(args, info, [c for c in args.configs.split(",") if c])
-        stem = res_dir / f"cps_hippocampus_speed_{date[:10]}"
+        stem = new_record_stem(res_dir / f"cps_hippocampus_speed_{date[:10]}")
         stem.with_suffix(".json").write_text(json.dumps({"command": command, "date": date, "machine": machine(),
                                                          "allocator": allocator_label(args), **r}, indent=2))
         stem.with_suffix(".md").write_text("# CPS vs two stock nnU-Net trainers on MSD Hippocampus: time per "

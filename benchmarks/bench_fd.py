@@ -162,6 +162,20 @@ def time_config(config: str, trainer_names, args) -> dict:
     return out
 
 
+def new_record_stem(stem: Path) -> Path:
+    """``stem``, or ``stem_run2``, ``stem_run3``, ...: the first whose ``.json`` and ``.md`` do not exist yet.
+
+    Results are named by date; a second run on the same day gets its own files instead of replacing the
+    first run's record.
+    """
+    stem, n = Path(stem), 1
+    candidate = stem
+    while candidate.with_suffix(".json").exists() or candidate.with_suffix(".md").exists():
+        n += 1
+        candidate = stem.with_name(f"{stem.name}_run{n}")
+    return candidate
+
+
 def machine() -> str:
     import torch
     cpu = platform.processor() or platform.machine()
@@ -212,8 +226,8 @@ def main(argv=None):
               f"bootstrap interval ({args.bootstrap} resamples of the batches)."]
     res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
-    stem = res_dir / (f"fd_hippocampus_speed_{result['date'][:10]}" + ("_default_malloc" if args.allocator == "default"
-                                                                       else ""))
+    stem = new_record_stem(res_dir / (f"fd_hippocampus_speed_{result['date'][:10]}"
+                                      + ("_default_malloc" if args.allocator == "default" else "")))
     header = (f"Command: `{result['command']}`  \nDate: {result['date']}  \nMachine: {result['machine']}  \n"
               f"Allocator: {result['allocator']}\n\n")
     table = "\n".join(lines)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import bootstrap_median_ci, machine  # noqa: E402
+from bench_fd import bootstrap_median_ci, machine, new_record_stem  # noqa: E402
 from bench_hippocampus_fd_quality import _bin, run  # noqa: E402
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -145,7 +145,7 @@ def main(argv=None):
     print(md)
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    stem = res / f"s2s2_hippocampus_speed_{date[:10]}"
+    stem = new_record_stem(res / f"s2s2_hippocampus_speed_{date[:10]}")
     stem.with_suffix(".json").write_text(json.dumps({"command": command, "date": date, "machine": machine(),
                                                      "timing": r, "gin_images_per_second": gin}, indent=2))
     stem.with_suffix(".md").write_text(f"# S2S2 vs stock nnU-Net on MSD Hippocampus: time per training iteration\n\n"

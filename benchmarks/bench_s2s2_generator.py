@@ -28,7 +28,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine  # noqa: E402
+from bench_fd import machine, new_record_stem  # noqa: E402
 
 MODELS = {"default": {"block_channels": (64, 128, 256), "layers_per_block": 2},
           "tiny": {"block_channels": (8, 16), "layers_per_block": 1}}
@@ -130,7 +130,7 @@ def main(argv=None):
     print(md)
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    stem = res / f"s2s2_generator_throughput_{date[:10]}"
+    stem = new_record_stem(res / f"s2s2_generator_throughput_{date[:10]}")
     info = {"command": command, "date": date, "machine": machine(), "device": args.device,
             "threads": torch.get_num_threads(), "diffusion": rows, "gin_images_per_s": gin_rates}
     stem.with_suffix(".json").write_text(json.dumps(info, indent=2))

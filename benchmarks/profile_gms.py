@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine  # noqa: E402
+from bench_fd import machine, new_record_stem  # noqa: E402
 
 PARTS = ("encode", "mapping fwd", "decoder fwd", "backward", "optimizer")
 
@@ -154,7 +154,7 @@ def main(argv=None):
               ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["shares"].items() if k != "backward"), flush=True)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"gms_profile_{res['date'][:10]}"
+    stem = new_record_stem(out / f"gms_profile_{res['date'][:10]}")
     stem.with_suffix(".json").write_text(json.dumps(res, indent=2))
     md = markdown(res)
     stem.with_suffix(".md").write_text(md + "\n")
