@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.benchmark.variant import KILL_ENV, VARIANT_SUFFIX, find_trainer_class, write_variant
 
 #: test hook ``"RUN:EPOCH"``: run number RUN (1-based, in this invocation's order) kills the benchmark after EPOCH
@@ -198,12 +199,6 @@ def resolve_dataset(dataset: str) -> str:
     return resolve_dataset_name(dataset, BenchmarkError)
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def read_case_list(path: str, file_ending: str) -> List[str]:
     """Case ids from a file: one per line (``#`` comments), or a JSON list; file endings are stripped."""
     p = Path(path)
@@ -252,7 +247,7 @@ def resolve_split(cfg: BenchmarkConfig, pre_dir: Path, identifiers: List[str], f
     else:
         splits = [{"train": list(map(str, s["train"])), "val": list(map(str, s["val"]))}
                   for s in default_splits(identifiers)]
-        _write_json_atomic(splits_file, splits)
+        write_json_atomic(splits_file, splits)
         note = "splits_final.json written with nnU-Net's default 5-fold split"
     if cfg.train_list is None:
         fold = 0 if cfg.fold is None else cfg.fold
@@ -280,7 +275,7 @@ def resolve_split(cfg: BenchmarkConfig, pre_dir: Path, identifiers: List[str], f
                 shutil.copy2(splits_file, orig)
             splits.append({"train": train, "val": test})
             fold = len(splits) - 1
-            _write_json_atomic(splits_file, splits)
+            write_json_atomic(splits_file, splits)
             note = f"train/test lists appended to splits_final.json as fold {fold} (original kept as {orig.name})"
         else:
             note = f"train/test lists found in splits_final.json as fold {fold}"
@@ -424,7 +419,7 @@ def _check_protocol(out: Path, protocol: dict, fix: str = "use another -o, or de
         protocol = {**protocol, "trainers": list(dict.fromkeys(old.get("trainers", []) + protocol["trainers"])),
                     "seeds": list(dict.fromkeys(old.get("seeds", []) + protocol["seeds"])),
                     "created": old.get("created", protocol["created"])}
-    _write_json_atomic(path, protocol)
+    write_json_atomic(path, protocol)
 
 
 def _short(v) -> str:
@@ -554,11 +549,11 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
             runner.say(f"seed {s} {t}: {'continuing' if resume else 'training'} ({cfg.num_epochs} epochs x "
                        f"{cfg.ipe} iterations), log {logs / (t + '_train.log')}")
             state["attempts"].append({"resume": resume, "start": _dt.datetime.now().isoformat(timespec="seconds")})
-            _write_json_atomic(state_path, state)
+            write_json_atomic(state_path, state)
             wall = runner.call(cmd, env, logs / f"{t}_train.log", epochs=cfg.num_epochs)
             state["train_wall_s"] += wall
             state["attempts"][-1]["wall_s"] = wall
-            _write_json_atomic(state_path, state)
+            write_json_atomic(state_path, state)
             if not final.is_file():
                 raise RunFailed(f"nnUNetv2_train ended without {final}; see {logs / (t + '_train.log')}")
 
@@ -568,7 +563,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
             tm.update(s_per_iteration=tm["median_epoch_time"] / cfg.ipe, iterations_per_epoch=cfg.ipe,
                       device=device, train_wall_s=state.get("train_wall_s"))
             timing_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(timing_path, tm)
+            write_json_atomic(timing_path, tm)
 
         pred_dir = seed_dir / "pred" / t
         marker = pred_dir / ".complete"
@@ -586,7 +581,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
                 cmd.append("--disable_tta")
             runner.say(f"seed {s} {t}: predicting {len(test_cases)} test cases")
             wall = runner.call(cmd, env, logs / f"{t}_predict.log")
-            marker.write_text(json.dumps({"command": cmd, "wall_s": wall}))
+            write_json_atomic(marker, {"command": cmd, "wall_s": wall}, indent=None)
 
         eval_dir = seed_dir / "eval" / t
         rows_path = eval_dir / "benchmark_rows.json"
@@ -602,7 +597,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
             except EvaluationError as e:
                 raise RunFailed(f"evaluation of {pred_dir} failed: {e}") from None
             eval_dir.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(rows_path, collect_rows(res, t, s))
+            write_json_atomic(rows_path, collect_rows(res, t, s))
         if records is not None:
             records.save(s, t, seed_dir)
 

@@ -16,10 +16,11 @@ machine or in a later session, where ``OUT`` (models, logs) no longer exists. Re
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Dict
+
+from nnunet_ext.atomic_io import replace_atomic
 
 #: record file name -> its place under OUT/runs/seed<s>/ ({t} = trainer)
 FILES: Dict[str, str] = {"benchmark_rows.json": "eval/{t}/benchmark_rows.json",
@@ -31,9 +32,7 @@ REQUIRED = ("benchmark_rows.json", "timing.json")
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    replace_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 class RunRecords:

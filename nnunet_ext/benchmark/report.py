@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nnunet_ext.atomic_io import replace_atomic, save_figure_atomic, write_json_atomic, write_text_atomic
 from nnunet_ext.benchmark.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci, finite_mean, mean_sd,
                                         paired_case_differences)
 
@@ -223,20 +224,18 @@ def boxplot(path: Path, rows: List[dict], trainers: List[str], classes: Dict[str
         ax.set_ylim(-0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_csv(path: Path, rows: List[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(ROW_KEYS))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in ROW_KEYS})
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(ROW_KEYS))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in ROW_KEYS})
+    replace_atomic(path, write)
 
 
 def build_report(out: Path, cfg, protocol: dict, device: str, command: Optional[str], split_note: str) -> dict:
@@ -258,10 +257,8 @@ def build_report(out: Path, cfg, protocol: dict, device: str, command: Optional[
     write_csv(out / "per_case.csv", rows)
     boxplot(out / "boxplot.png", rows, trainers, summary["classes"], len(seeds))
     md = markdown(result)
-    (out / "benchmark.md").write_text(md)
-    tmp = out / "benchmark.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "benchmark.json")
+    write_text_atomic(out / "benchmark.md", md)
+    write_json_atomic(out / "benchmark.json", result)
     if not getattr(cfg, "quiet", False):
         print()
         print(md)

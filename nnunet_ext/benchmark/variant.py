@@ -20,6 +20,7 @@ import os
 import signal
 from pathlib import Path
 
+from nnunet_ext.atomic_io import write_text_atomic
 from nnunet_ext.core.schedule import NoFinalValidationMixin
 
 #: test hook: after this epoch (0-based, checkpoint written) the trainer kills its parent (the benchmark)
@@ -155,7 +156,5 @@ def write_variant(folder: Path, trainer_cls, schedule: dict) -> str:
     src = variant_source(trainer_cls, schedule)
     path = folder / f"bench_{trainer_cls.__name__}.py"
     if not path.is_file() or path.read_text() != src:
-        tmp = path.with_suffix(".py.tmp")
-        tmp.write_text(src)
-        os.replace(tmp, path)
+        write_text_atomic(path, src)
     return variant_name(trainer_cls.__name__)

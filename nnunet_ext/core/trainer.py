@@ -42,6 +42,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunet_ext.atomic_io import replace_atomic
 from nnunet_ext.core.feature_taps import FeatureTaps
 from nnunet_ext.core.logging import ExtLocalLogger
 from nnunet_ext.core.loss_terms import LossTerm, StepState, total_loss
@@ -217,9 +218,7 @@ class nnUNetTrainerExt(nnUNetTrainer):
         # (read back, extended, replaced atomically), so nnU-Net's own fields stay exactly nnU-Net's
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         checkpoint["nnunet_ext"] = extras
-        tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        replace_atomic(filename, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # nnU-Net 2.8.1's load_checkpoint only works with a file name (a dict argument is never bound)

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 
 
@@ -65,12 +66,6 @@ def pseudo_label_uncertainty(seg: np.ndarray, probabilities: np.ndarray) -> Dict
     n_fg = int(fg.sum())
     region = ndimage.binary_dilation(fg) if n_fg else np.ones_like(fg)
     return {"uncertainty": float(ent[region].mean()), "foreground_voxels": n_fg}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _device(name: Optional[str]):
@@ -118,14 +113,14 @@ def predict_unlabeled(s: PseudoLabelSettings, model_folder: Path, cases: Dict[st
         except Exception as e:  # unreadable: named, recorded, never used
             records[case] = {"skipped": f"unreadable ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"}
             print(f"pseudo-label: skipped {case}: {records[case]['skipped']}", file=sys.stderr)
-            _write_json(scores_file, records)
+            write_json_atomic(scores_file, records)
             continue
         seg, probs = predictor.predict_single_npy_array(image, props, None, None, True)
         tmp = cache / f".{case}.tmp{fe}"
         rw.write_seg(seg, str(tmp), props)
         os.replace(tmp, cache / f"{case}{fe}")
         records[case] = {"file": f"{case}{fe}", **pseudo_label_uncertainty(seg, probs)}
-        _write_json(scores_file, records)
+        write_json_atomic(scores_file, records)
     return records
 
 
@@ -211,8 +206,8 @@ def run_pseudo_label(s: PseudoLabelSettings) -> Path:
               "keep": s.keep, "max_uncertainty": s.max_uncertainty, "labelled": len(labelled),
               "predicted": sum(1 for r in records.values() if "uncertainty" in r), "kept": len(kept)}
     new_json = dict(dataset_json, numTraining=len(labelled) + len(kept), pseudo_labels=record)
-    _write_json(staging / "dataset.json", new_json)
-    _write_json(staging / "pseudo_labels.json",
+    write_json_atomic(staging / "dataset.json", new_json)
+    write_json_atomic(staging / "pseudo_labels.json",
                 {**record, "cases": {c: {**r, "kept": c in kept} for c, r in sorted(records.items())}})
     os.replace(staging, target)
     print(f"pseudo-label: kept {len(kept)} of {record['predicted']} pseudo-label(s); wrote {target} "

@@ -19,15 +19,14 @@ the boundary counts), or over the whole image when nothing is predicted; an empt
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from nnunet_ext.atomic_io import save_figure_atomic, write_json_atomic
 from nnunet_ext.core.labels import class_argmax
 
 
@@ -137,8 +136,8 @@ def write_selection(folder, epoch: int, scores: Dict[str, Dict[str, float]], sel
                                             "(lower = more certain); see nnunet_ext/cps/uncertainty.py",
               "keep": keep, "num_scored": len(scores), "num_kept": len(selected), "threshold": threshold,
               "selected": selected}
-    _write_json(folder / f"scores_epoch{epoch:04d}.json", {"scores": scores, **record})
-    _write_json(folder / "selection.json", record)
+    write_json_atomic(folder / f"scores_epoch{epoch:04d}.json", {"scores": scores, **record})
+    write_json_atomic(folder / "selection.json", record)
     plot_histogram(entropy, threshold, folder / f"histogram_epoch{epoch:04d}.png",
                    f"UIF at epoch {epoch}: {len(selected)} of {len(scores)} kept")
     return folder
@@ -158,13 +157,6 @@ def plot_histogram(values: Dict[str, float], threshold: float, path, title: str)
     ax.set_ylabel("cases")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = str(path) + ".tmp.png"
-    fig.savefig(tmp)
+    save_figure_atomic(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

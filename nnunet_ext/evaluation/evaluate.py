@@ -20,13 +20,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from nnunet_ext.atomic_io import write_text_atomic
 from nnunet_ext.evaluation.metrics import (DEFAULT_TOLERANCE_MM, EvaluationError, case_metrics, class_key,
                                            normalize_class, resolve_tolerance, summarize)
 
@@ -577,19 +577,6 @@ def _csv_value(v):
     return v
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename it over ``path`` (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _csv_text(rows, columns) -> str:
     import io
 
@@ -612,9 +599,9 @@ def write_outputs(result: dict, out_dir) -> dict:
     summary_rows.append({"class": "overall", "name": "mean of classes", **result["overall"]})
     paths = {"per_case": out / "per_case.csv", "summary_csv": out / "summary.csv", "summary_md": out / "summary.md",
              "summary_json": out / "summary.json"}
-    _atomic_write(paths["per_case"], _csv_text(result["per_case"], PER_CASE_COLUMNS))
-    _atomic_write(paths["summary_csv"], _csv_text(summary_rows, SUMMARY_COLUMNS))
-    _atomic_write(paths["summary_md"], result.get("markdown") or format_markdown(result))
+    write_text_atomic(paths["per_case"], _csv_text(result["per_case"], PER_CASE_COLUMNS))
+    write_text_atomic(paths["summary_csv"], _csv_text(summary_rows, SUMMARY_COLUMNS))
+    write_text_atomic(paths["summary_md"], result.get("markdown") or format_markdown(result))
     payload = {k: v for k, v in result.items() if k != "markdown"}
-    _atomic_write(paths["summary_json"], json.dumps(_jsonable(payload), indent=2) + "\n")
+    write_text_atomic(paths["summary_json"], json.dumps(_jsonable(payload), indent=2) + "\n")
     return paths

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.flare22.roi import DEFAULT_MARGIN_MM, roi_from_mask
 
@@ -140,9 +141,7 @@ def plan_c2f(dataset, plans: str = "nnUNetPlans", planner: str = "ExperimentPlan
     p = json.loads(plans_file.read_text())  # re-read: the planner may just have written it
     p["configurations"][COARSE], p["configurations"][FINE] = coarse, fine
     recursive_fix_for_json_export(p)
-    tmp = plans_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(p, indent=4))
-    os.replace(tmp, plans_file)
+    write_json_atomic(plans_file, p, indent=4)
     for c, cfg in ((COARSE, coarse), (FINE, fine)):
         print(f"plan-c2f: {name} {plans}: {c}: spacing {[round(s, 3) for s in cfg['spacing']]}, median size "
               f"{list(cfg['median_image_size_in_voxels'])}, patch {list(cfg['patch_size'])}, batch {cfg['batch_size']}, "

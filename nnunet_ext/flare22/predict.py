@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from nnunet_ext.atomic_io import replace_atomic
 from nnunet_ext.core.labels import class_argmax
 from nnunet_ext.core.resources import PeakMemory
 from nnunet_ext.errors import UserError
@@ -187,12 +188,12 @@ def check_gzip(path: str) -> None:
 
 
 def _write_csv(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    replace_atomic(path, write)
 
 
 def predict_folder(predictor: CoarseToFinePredictor, input_folder: str, output_folder: str,

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 
 GMS_CONFIG = "gms_2d"
@@ -55,9 +55,7 @@ def plan_gms(dataset, plans: str = "nnUNetPlans", source: str = "2d", name: str 
         cfg.update(spacing=[float(s) / upsample for s in src["spacing"]], data_identifier=f"{plans}_{name}",
                    median_image_size_in_voxels=[float(v) * upsample for v in src["median_image_size_in_voxels"]])
     p["configurations"][name] = cfg
-    tmp = plans_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(p, indent=4))
-    os.replace(tmp, plans_file)
+    write_json_atomic(plans_file, p, indent=4)
     data_dir = pre / cfg.get("data_identifier", src.get("data_identifier", f"{plans}_{source}"))
     if not data_dir.is_dir() or not any(data_dir.glob("*.b2nd")):
         exe = Path(sys.executable).parent / "nnUNetv2_preprocess"

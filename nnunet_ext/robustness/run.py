@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from nnunet_ext.atomic_io import save_figure_atomic, write_text_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.paths import link_or_copy
 from nnunet_ext.robustness.corruptions import CORRUPTIONS, NUM_SEVERITIES, available_corruptions, corrupt
@@ -229,12 +230,6 @@ def corrupt_raw(image: np.ndarray, spacing, name: str, severity: int, seed: int,
     return out[:, None] if is_2d else out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _to_json(o):
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -373,7 +368,7 @@ def _check_manifest(s: Settings, p: dict) -> None:
                         shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink()
         models = {**old.get("models", {}), **models}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps({**fixed, "models": models, "corruption_table": table}, indent=1))
+    write_text_atomic(path, json.dumps({**fixed, "models": models, "corruption_table": table}, indent=1))
 
 
 def _predict_trainer(s: Settings, p: dict, model: Model, device, todo: Dict[str, List[Case]]) -> None:
@@ -430,7 +425,7 @@ def _evaluate(s: Settings, p: dict, pred_dir: Path, json_path: Path) -> dict:
                            dataset_json=p["dataset_json_path"], progress=False)
     res = json.loads(json.dumps(res, default=_to_json))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(json_path, json.dumps(res, indent=1))
+    write_text_atomic(json_path, json.dumps(res, indent=1))
     return res
 
 
@@ -536,7 +531,7 @@ def write_per_case(out: Path, results: Dict[tuple, dict], trainers, corruptions,
                             "class": r.get("class"),
                             **{m: f"{_num(r.get(m)):.5g}" for m in ("dice", "nsd", "hd95")}})
     path = out / "robustness_per_case.csv"
-    _atomic_write_text(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
     return path
 
 
@@ -548,7 +543,7 @@ def write_reports(out: Path, rows: List[dict], trainers, corruptions, severities
     for r in rows:
         w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS})
     csv_path = out / "robustness.csv"
-    _atomic_write_text(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
 
     mean = {(r["trainer"], r["corruption"], r["severity"]): r["dice"] for r in rows if r["class"] == "mean"}
     corrs = list(corruptions) or [CLEAN]
@@ -562,7 +557,7 @@ def write_reports(out: Path, rows: List[dict], trainers, corruptions, severities
             cells = [mean.get((t, c, k), float("nan")) for k in severities]
             lines.append(f"| {t} | {c} | " + " | ".join("n/a" if np.isnan(v) else f"{v:.4f}" for v in cells) + " |")
     md_path = out / "robustness.md"
-    _atomic_write_text(md_path, "\n".join(lines) + "\n")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
 
     png_path = out / "robustness.png"
     _plot(png_path, mean, trainers, corrs, severities, title)
@@ -596,7 +591,5 @@ def _plot(path: Path, mean: dict, trainers, corruptions, severities, title: str)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

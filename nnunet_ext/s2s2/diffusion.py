@@ -37,6 +37,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 
 SPEC_FILE = "s2s2_diffusion.json"
@@ -285,9 +286,7 @@ def _save_parts(folder, parts: dict, spec: DiffusionSpec, info: Optional[dict], 
         _replace_path(tmp, folder / name)
     d = asdict(spec)
     d["info"] = {**d.get("info", {}), **(info or {}), "weights_sha256": weights_checksum(folder / weights)}
-    tmp = folder / f".{SPEC_FILE}.tmp"
-    tmp.write_text(json.dumps(d, indent=2))
-    os.replace(tmp, folder / SPEC_FILE)
+    write_json_atomic(folder / SPEC_FILE, d)
 
 
 def load_init_unet(path, channels: int, num_labels: int):

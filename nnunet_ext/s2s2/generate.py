@@ -15,7 +15,6 @@ seg=seg)``), and one with ``copies(data, case, ks, seg)`` makes all K copies of 
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from nnunet_ext.atomic_io import save_figure_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.s2s2.stack import shard, stack_folder, write_stack_case, write_stack_info
 
@@ -145,8 +145,6 @@ def write_preview(out: Path, data_dir: Path, cases: List[str], max_copies: int =
                     ax.set_title(["mask", "real"][c] if c < 2 else f"copy {c - 1}", fontsize=8)
     fig.tight_layout()
     path = out / "preview.png"
-    tmp = out / f".preview.{os.getpid()}.tmp.png"
-    fig.savefig(str(tmp))
+    save_figure_atomic(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -12,12 +12,13 @@ resumes by skipping the cases that exist. ``shard`` splits the cases like ``nnUN
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np
+
+from nnunet_ext.atomic_io import write_json_atomic
 
 STACK_INFIX = "_s2s2_"
 
@@ -65,7 +66,4 @@ def open_stack_case(folder, case: str):
 def write_stack_info(folder, info: dict) -> None:
     """``stack.json``, atomically; the temporary file is this process's own, so parts started together
     (``--part i --num-parts n`` on several GPUs or nodes) do not collide."""
-    folder = Path(folder)
-    tmp = folder / f".stack.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, folder / "stack.json")
+    write_json_atomic(Path(folder) / "stack.json", info)

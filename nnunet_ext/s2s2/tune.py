@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nnunet_ext.atomic_io import replace_atomic, save_figure_atomic
 from nnunet_ext.s2s2.diffusion import (DEFAULT_PROMPT, SPEC_FILE, ControlNetDiffusion, DiffusionModelError,
                                        DiffusionSpec, MaskDiffusion, build_unet, load_init_unet, modality_of,
                                        train_scheduler, tuned_folder)
@@ -247,12 +248,6 @@ def _process_group(dev: torch.device) -> Tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), dev, created
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _ema_copy(module, ema):
     import copy
     out = copy.deepcopy(module)
@@ -309,10 +304,8 @@ def write_preview(path: Path, model, sampler: SliceSampler, n: int = 4, copies: 
             if r == 0:
                 ax.set_title(["mask", "real"][c] if c < 2 else f"generated {c - 1}", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(str(tmp))
+    save_figure_atomic(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -458,11 +451,12 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
             ranks = [None] * world
             dist.all_gather_object(ranks, mine)
         if main:
-            _save_atomic({"step": step, "settings": st.training(), "spec": asdict(spec), "trainable": net.state_dict(),
-                          "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
-                          "ema": ema.state_dict(), "scaler": scaler.state_dict(), **mine, "losses": losses,
-                          "unet_config": None if controlnet else dict(net.config),
-                          "world_size": world, **({"ranks": ranks} if world > 1 else {})}, ckpt_file)
+            state = {"step": step, "settings": st.training(), "spec": asdict(spec), "trainable": net.state_dict(),
+                     "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
+                     "ema": ema.state_dict(), "scaler": scaler.state_dict(), **mine, "losses": losses,
+                     "unet_config": None if controlnet else dict(net.config),
+                     "world_size": world, **({"ranks": ranks} if world > 1 else {})}
+            replace_atomic(ckpt_file, lambda tmp: torch.save(state, tmp))
 
     t0, start = time.time(), step
     with tqdm(total=st.steps, initial=step, desc="s2s2-tune", unit="step", disable=not (progress and main),

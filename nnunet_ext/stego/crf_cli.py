@@ -23,6 +23,7 @@ renamed. Region-based predictions (sigmoid per region, not a distribution over l
 """
 from __future__ import annotations
 
+from nnunet_ext.atomic_io import replace_atomic
 from nnunet_ext.core.labels import class_argmax
 from nnunet_ext.errors import UserError
 
@@ -168,18 +169,6 @@ def _image_files(images_dir, case, ending):
     return [os.path.join(images_dir, f) for f in files]
 
 
-def _atomic(path, write) -> None:
-    """``write(tmp)`` to a temporary name in the same folder (same file ending), then rename to ``path``."""
-    import os
-
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp{os.getpid()}_{name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterations: int = 10, max_pixels=None,
@@ -272,8 +261,9 @@ def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterat
         seg = values[class_argmax(refined, 0).numpy()]
         seg = seg.astype(np.uint8 if len(values) - 1 < 255 else np.uint16)
         if save_probabilities:
-            _atomic(os.path.join(out_dir, case + ".npz"),  # the temporary name ends in .npz: numpy keeps it
-                    lambda t: np.savez_compressed(t, probabilities=refined.numpy().astype(probs_np.dtype)))
-            _atomic(os.path.join(out_dir, case + ".pkl"), lambda t: save_pickle(props, t))
-        _atomic(os.path.join(out_dir, case + ending), lambda t: rw.write_seg(seg, t, props))
+            replace_atomic(os.path.join(out_dir, case + ".npz"),  # the temporary name ends in .npz: numpy keeps it
+                           lambda t: np.savez_compressed(t, probabilities=refined.numpy().astype(probs_np.dtype)),
+                           suffix=".npz")
+            replace_atomic(os.path.join(out_dir, case + ".pkl"), lambda t: save_pickle(props, t))
+        replace_atomic(os.path.join(out_dir, case + ending), lambda t: rw.write_seg(seg, t, props), suffix=ending)
     return len(todo), len(cases) - len(todo)

@@ -11,12 +11,12 @@ readers (any format nnU-Net reads), pairs must have the same shape; a reference 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.evaluation.evaluate import (EvaluationError, _infer_file_ending, _list_cases, _reader_class,
                                             load_dataset_json, read_segmentation)
 from nnunet_ext.stego.metrics import confusion, matched_scores
@@ -68,10 +68,7 @@ def evaluate_clusters(gt_dir, pred_dir, dataset_json=None, n_clusters: Optional[
               "mapping": {str(a): b for a, b in scores["mapping"].items()}, "confusion": conf.tolist(),
               "reference": str(gt_dir), "prediction": str(pred_dir)}
     if out_file is not None:
-        out_file = Path(out_file)
-        tmp = out_file.with_name(out_file.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out_file)
+        write_json_atomic(out_file, result)
     return result
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunet_ext.atomic_io import replace_atomic, write_json_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.stego.backbone import backbone_tag, build_backbone, weights_checksum
 from nnunet_ext.stego.knn import pooled_descriptor, top_neighbours
@@ -46,12 +46,6 @@ def knn_folder(preprocessed_base, data_identifier: str, backbone: str) -> Path:
 def knn_command(dataset_name: str, configuration: str, plans: str, trainer: str) -> str:
     p = f" -p {plans}" if plans != "nnUNetPlans" else ""
     return f"nnunet-ext stego-knn -d {dataset_name} -c {configuration}{p} -tr {trainer}"
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
 
 
 def slice_descriptors(backbone, volume: np.ndarray, size, batch_size: int, device) -> np.ndarray:
@@ -100,23 +94,22 @@ def compute_knn_table(dataset, configuration: str, plans: str = "nnUNetPlans", t
         print(f"stego-knn: {len(cases) - len(todo)} of {len(cases)} cases already described, continuing")
     for case in tqdm(todo, desc="stego-knn: backbone descriptors", unit="case", disable=not progress):
         volume = np.asarray(ds.load_case(case)[0][:])
-        _atomic_save_npy(out / "descriptors" / f"{case}.npy",
-                         slice_descriptors(backbone, volume, size, batch_size, device).astype(np.float32))
+        arr = slice_descriptors(backbone, volume, size, batch_size, device).astype(np.float32)
+        replace_atomic(out / "descriptors" / f"{case}.npy", lambda t: np.save(t, arr), suffix=".npy")
 
     per_case = [np.load(out / "descriptors" / f"{c}.npy") for c in cases]
     case_index = np.concatenate([np.full(len(d), i, dtype=np.int32) for i, d in enumerate(per_case)])
     slices = np.concatenate([np.arange(len(d), dtype=np.int32) for d in per_case])
     desc = torch.from_numpy(np.concatenate(per_case))
     neighbours = top_neighbours(desc, k + 1, groups=None if same_case else torch.from_numpy(case_index))
-    tmp = out / "knn.tmp.npz"
-    np.savez(tmp, cases=np.array(cases), case_index=case_index, slice=slices,
-             neighbours=neighbours.numpy().astype(np.int32), descriptors=desc.numpy())
-    os.replace(tmp, out / "knn.npz")
+    replace_atomic(out / "knn.npz", lambda t: np.savez(t, cases=np.array(cases), case_index=case_index, slice=slices,
+                                                       neighbours=neighbours.numpy().astype(np.int32),
+                                                       descriptors=desc.numpy()), suffix=".npz")
     meta = {"dataset": name, "configuration": configuration, "plans": plans, "trainer": trainer,
             "backbone": bb_name, "backbone_kwargs": bb_kwargs, "backbone_checksum": weights_checksum(),
             "image_size": size, "k": int(neighbours.shape[1]) - 1, "images": int(len(slices)),
             "same_case": same_case, "date": _dt.datetime.now().isoformat(timespec="seconds")}
-    (out / "knn.json").write_text(json.dumps(meta, indent=2))
+    write_json_atomic(out / "knn.json", meta)
     print(f"stego-knn: {len(slices)} images of {len(cases)} cases, top {meta['k']} neighbours -> {out}")
     return out
 

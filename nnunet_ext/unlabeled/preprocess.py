@@ -17,13 +17,13 @@ cases. Results go to ``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabel
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.unlabeled.data import save_unlabeled_case, unlabeled_folder
 from nnunet_ext.unlabeled.raw import UNLABELED_DIR, unlabeled_cases
@@ -150,9 +150,7 @@ def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNe
                         _record(case, problem, skipped, bar)
         finally:
             bar.close()
-            tmp = skipped_file.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(dict(sorted(skipped.items())), indent=2))
-            os.replace(tmp, skipped_file)
+            write_json_atomic(skipped_file, dict(sorted(skipped.items())))
         n_ok = sum(1 for c in cases if (out / f"{c}.pkl").is_file())
         for case, why in sorted(skipped.items()):
             print(f"  skipped {case}: {why}", file=sys.stderr)
