@@ -51,9 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_ext.atomic_io import write_json_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine  # noqa: E402
+from bench_fd import machine, write_record  # noqa: E402
 from bench_hippocampus_fd_quality import _bin, run  # noqa: E402
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -197,9 +199,7 @@ def predict_and_evaluate(args, workdir: Path, did: int, name: str, seed: int) ->
             r["case_mean_s"] = float(np.mean([float(x["total_s"]) for x in rows]))
         run([_bin("nnunet-ext"), "evaluate", "-gt", labels, "-pred", pred, "-d", did, "-o", pred.with_name(pred.name + "_eval")])
         r["per_case"] = per_case_metrics(pred.with_name(pred.name + "_eval") / "per_case.csv")
-        tmp = meta.with_name(meta.name + ".tmp")
-        tmp.write_text(json.dumps(r, indent=1))
-        os.replace(tmp, meta)
+        write_json_atomic(meta, r, indent=1)
         out[tool] = r
     return out
 
@@ -286,9 +286,8 @@ def write_report(args, summary: dict, command: str, results_dir: Path) -> Path:
               + ("met" if share >= 0.7 else "NOT met") + f" ({100 * share:.0f}%)."]
     if len(args.seeds.split(",")) == 1:
         lines += ["", "One training seed: a smoke test of the quality claim, not a measurement of it."]
-    base.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    base.with_suffix(".json").write_text(json.dumps({"date": date, "machine": machine(), "command": command,
-                                                     "args": vars(args), "summary": summary}, indent=1))
+    write_record(base, {"date": date, "machine": machine(), "command": command, "args": vars(args), "summary": summary},
+                 "\n".join(lines) + "\n", indent=1)
     print("\n".join(lines))
     return base
 

@@ -49,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fd import (add_allocator_argument, allocator_label, bootstrap_median_ci, ensure_allocator,  # noqa: E402
-                      machine, new_record_stem)
+                      machine, new_record_stem, write_record)
 from bench_hippocampus_fd_quality import _bin, run  # noqa: E402  (console scripts, resumable steps)
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -329,20 +329,19 @@ def main(argv=None):
     if "speed" in parts:
         r = speed(args, info, [c for c in args.configs.split(",") if c])
         stem = new_record_stem(res_dir / f"cps_hippocampus_speed_{date[:10]}")
-        stem.with_suffix(".json").write_text(json.dumps({"command": command, "date": date, "machine": machine(),
-                                                         "allocator": allocator_label(args), **r}, indent=2))
-        stem.with_suffix(".md").write_text("# CPS vs two stock nnU-Net trainers on MSD Hippocampus: time per "
-                                           f"training iteration\n\n{header}{r['markdown']}\n")
+        write_record(stem, {"command": command, "date": date, "machine": machine(),
+                            "allocator": allocator_label(args), **r},
+                     "# CPS vs two stock nnU-Net trainers on MSD Hippocampus: time per "
+                     f"training iteration\n\n{header}{r['markdown']}\n")
         print(r["markdown"])
         print(f"wrote {stem}.md/.json")
     if "quality" in parts:
         q = quality(args, info, workdir)
         md = quality_markdown(q, info)
         stem = res_dir / f"cps_hippocampus_quality_{date[:10]}"
-        stem.with_suffix(".json").write_text(json.dumps({"command": command, "date": date, "machine": machine(),
-                                                         "split": info["sizes"], **q}, indent=2, default=str))
-        stem.with_suffix(".md").write_text(f"# Semi-supervised nnU-Net on MSD Hippocampus ({info['sizes']['labelled']}"
-                                           f" labelled cases)\n\n{header}{md}\n")
+        write_record(stem, {"command": command, "date": date, "machine": machine(), "split": info["sizes"], **q},
+                     f"# Semi-supervised nnU-Net on MSD Hippocampus ({info['sizes']['labelled']}"
+                     f" labelled cases)\n\n{header}{md}\n", default=str)
         print(md)
         print(f"wrote {stem}.md/.json")
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from nnunet_ext.atomic_io import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET_ID = 104
@@ -176,6 +177,15 @@ def new_record_stem(stem: Path) -> Path:
     return candidate
 
 
+def write_record(stem: Path, data: dict, markdown: str, indent: int = 2, **json_kwargs) -> None:
+    """Write a result record: ``stem.json`` (``json.dumps(data, indent=indent, **json_kwargs)``) and then
+    ``stem.md`` (``markdown`` as given), each atomically (:mod:`nnunet_ext.atomic_io`): the .json first, then the .md.
+    """
+    stem = Path(stem)
+    write_json_atomic(stem.with_suffix(".json"), data, indent=indent, **json_kwargs)
+    write_text_atomic(stem.with_suffix(".md"), markdown)
+
+
 def machine() -> str:
     import torch
     cpu = platform.processor() or platform.machine()
@@ -232,9 +242,8 @@ def main(argv=None):
               f"Allocator: {result['allocator']}\n\n")
     table = "\n".join(lines)
     print(table)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text("# FD vs stock nnU-Net on MSD Hippocampus: time per training iteration\n\n"
-                                       f"{header}{table}\n")
+    write_record(stem, result, "# FD vs stock nnU-Net on MSD Hippocampus: time per training iteration\n\n"
+                               f"{header}{table}\n")
     print(f"wrote {stem}.json/.md")
 
 

@@ -47,9 +47,11 @@ import sys
 import time
 from pathlib import Path
 
+from nnunet_ext.atomic_io import write_json_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine  # noqa: E402
+from bench_fd import machine, write_record  # noqa: E402
 from bench_hippocampus_fd_quality import _bin, converted_and_planned_2d, run  # noqa: E402
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -89,12 +91,6 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------------------------- preparation
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def prepare(args) -> dict:
     """Convert, plan, plan-gms and the benchmark configuration (each step skipped when done)."""
     ds_id, converter, source, _ = DATASETS[args.dataset]
@@ -112,7 +108,7 @@ def prepare(args) -> dict:
         want["batch_size"] = args.batch_size
     if plans["configurations"].get(CONFIG) != want:  # nnU-Net's own mechanism: a configuration inheriting 2d
         plans["configurations"][CONFIG] = want
-        _write_json_atomic(plans_file, plans)
+        write_json_atomic(plans_file, plans)
     base = plans["configurations"]["2d"]
     return {"id": ds_id, "name": name, "pre": pre, "raw": Path(os.environ["nnUNet_raw"]) / name,
             "patch_size": want["patch_size"], "batch_size": want.get("batch_size", base["batch_size"]),
@@ -212,7 +208,7 @@ def time_training(info: dict, fold: int, args, cache: Path) -> dict:
            "ratio_gms_vs_stock": {"median_per_iteration": float(np.median(ratios)),
                                   "quartiles": [float(q) for q in np.percentile(ratios, [25, 75])]},
            "iterations": args.timing_iterations, "warmup": args.timing_warmup}
-    _write_json_atomic(cache, out)
+    write_json_atomic(cache, out)
     return out
 
 
@@ -248,7 +244,7 @@ def time_inference(info: dict, models: dict, fold: int, test_cases: list, args, 
                 if i > 0:
                     times[name].append(time.perf_counter() - t0)
     out = {"s_per_image": {k: float(np.median(v)) for k, v in times.items()}, "all_times": times, "cases": cases}
-    _write_json_atomic(cache, out)
+    write_json_atomic(cache, out)
     return out
 
 
@@ -368,8 +364,7 @@ def main(argv=None):
     res_dir.mkdir(parents=True, exist_ok=True)
     stem = res_dir / f"gms_{args.dataset}_{date[:10]}"
     md = markdown(result)
-    stem.with_suffix(".md").write_text(md)
-    _write_json_atomic(stem.with_suffix(".json"), result)
+    write_record(stem, result, md)
     print(md)
     print(f"wrote {stem}.md / .json")
 

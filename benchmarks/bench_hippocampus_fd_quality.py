@@ -39,6 +39,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_fd import write_record
+from nnunet_ext.atomic_io import replace_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 DATASET_ID = 4
 
@@ -176,9 +179,8 @@ def robustness_of_seed(args, out: Path, workdir: Path, seed: str, records, datas
                        ("robustness_per_case.csv", "robustness_per_case.csv.gz"), ("robustness.md", "robustness.md")):
             if (rob_out / f).is_file():
                 data = (rob_out / f).read_bytes()
-                tmp = rec / (dst + ".tmp")
-                tmp.write_bytes(gzip.compress(data, mtime=0) if dst.endswith(".gz") else data)
-                os.replace(tmp, rec / dst)
+                data = gzip.compress(data, mtime=0) if dst.endswith(".gz") else data
+                replace_atomic(rec / dst, lambda tmp, data=data: Path(tmp).write_bytes(data))
     return {"folder": str(rob_out), "markdown": md.read_text() if md.is_file() else None,
             "per_case": str(rob_out / "robustness_per_case.csv")}
 
@@ -274,8 +276,7 @@ def main(argv=None):
         if r["markdown"]:
             rob = r["markdown"].strip().replace("\n## ", "\n### ")
             lines += [f"## Robustness (models of seed {s})", "", rob, ""]
-    stem.with_suffix(".md").write_text("\n".join(lines))
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    write_record(stem, result, "\n".join(lines))
     print(f"wrote {stem}.md / .json")
 
 

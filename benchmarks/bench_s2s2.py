@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import bootstrap_median_ci, machine, new_record_stem  # noqa: E402
+from bench_fd import bootstrap_median_ci, machine, new_record_stem, write_record  # noqa: E402
 from bench_hippocampus_fd_quality import _bin, run  # noqa: E402
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -146,10 +145,10 @@ def main(argv=None):
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
     stem = new_record_stem(res / f"s2s2_hippocampus_speed_{date[:10]}")
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "date": date, "machine": machine(),
-                                                     "timing": r, "gin_images_per_second": gin}, indent=2))
-    stem.with_suffix(".md").write_text(f"# S2S2 vs stock nnU-Net on MSD Hippocampus: time per training iteration\n\n"
-                                       f"Command: `{command}`  \nDate: {date}  \nMachine: {machine()}\n\n{md}\n")
+    write_record(stem, {"command": command, "date": date, "machine": machine(), "timing": r,
+                        "gin_images_per_second": gin},
+                 f"# S2S2 vs stock nnU-Net on MSD Hippocampus: time per training iteration\n\n"
+                 f"Command: `{command}`  \nDate: {date}  \nMachine: {machine()}\n\n{md}\n")
     print(f"wrote {stem}.md/.json")
 
 

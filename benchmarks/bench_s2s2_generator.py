@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
@@ -28,7 +27,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, new_record_stem  # noqa: E402
+from bench_fd import machine, new_record_stem, write_record  # noqa: E402
 
 MODELS = {"default": {"block_channels": (64, 128, 256), "layers_per_block": 2},
           "tiny": {"block_channels": (8, 16), "layers_per_block": 1}}
@@ -133,8 +132,8 @@ def main(argv=None):
     stem = new_record_stem(res / f"s2s2_generator_throughput_{date[:10]}")
     info = {"command": command, "date": date, "machine": machine(), "device": args.device,
             "threads": torch.get_num_threads(), "diffusion": rows, "gin_images_per_s": gin_rates}
-    stem.with_suffix(".json").write_text(json.dumps(info, indent=2))
-    stem.with_suffix(".md").write_text(
+    write_record(
+        stem, info,
         f"# S2S2 stack generators: throughput\n\nCommand: `{command}`  \nDate: {date}  \nMachine: {machine()}, "
         f"device {args.device}, {torch.get_num_threads()} threads\n\n{md}\n\nMedian of {args.repeats} repeats after "
         "one warm-up; tuning without the EMA update and data loading of s2s2-tune.\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, new_record_stem  # noqa: E402
+from bench_fd import machine, new_record_stem, write_record  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -123,8 +122,7 @@ def main(argv=None):
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = new_record_stem(out / f"s2s2_latent_ceiling_{date[:10]}")
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    stem.with_suffix(".md").write_text(md)
+    write_record(stem, res, md)
     print(md)
     print(f"wrote {stem}.json/.md")
 

@@ -45,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fd import write_record  # noqa: E402
 from bench_hippocampus_fd_quality import (_bin, machine, robustness_of_seed, robustness_over_seeds,  # noqa: E402
                                           run, setup_env)
 
@@ -190,8 +191,7 @@ def main(argv=None):
              "", f"Benchmark: `{result['benchmark_command']}`", "", "## Benchmark", "", body.strip(), ""]
     if rob_md:
         lines += ["## Robustness over seeds", "", rob_md, ""]
-    stem.with_suffix(".md").write_text("\n".join(lines))
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    write_record(stem, result, "\n".join(lines), default=str)
     print("\n".join(lines))
     print(f"wrote {stem}.md / .json")
 

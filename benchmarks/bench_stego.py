@@ -38,9 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_ext.atomic_io import write_json_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine  # noqa: E402
+from bench_fd import machine, write_record  # noqa: E402
 from bench_hippocampus_fd_quality import _bin, converted_and_planned_2d, run  # noqa: E402
 from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
 
@@ -84,9 +86,7 @@ def prepare(name: str, args) -> dict:
     want = {"inherits_from": "2d", "batch_size": args.batch_size, "patch_size": patch}
     if plans["configurations"].get(CONFIG) != want:  # nnU-Net's own mechanism: a configuration inheriting 2d
         plans["configurations"][CONFIG] = want
-        tmp = plans_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(plans, indent=4))
-        os.replace(tmp, plans_file)
+        write_json_atomic(plans_file, plans, indent=4)
     ident = base.get("data_identifier", f"{PLANS}_2d")
     from nnunet_ext.stego.knn_table import knn_folder
     if not (knn_folder(pre, ident, "taesd") / "knn.npz").is_file():
@@ -186,9 +186,7 @@ def evaluate_seed(info: dict, seed: int, fold: Path, args) -> dict:
         for m in out:
             if ci < args.crf_cases or not m.endswith("_crf"):
                 out[m].append(conf[m].tolist())
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, cache)
+    write_json_atomic(cache, out, indent=None)
     return out
 
 
@@ -254,8 +252,7 @@ def main(argv=None):
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"stego_{'_'.join(report['datasets'])}_{_dt.date.today().isoformat()}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    stem.with_suffix(".md").write_text(markdown(report))
+    write_record(stem, report, markdown(report))
     print(markdown(report))
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, new_record_stem  # noqa: E402
+from bench_fd import machine, new_record_stem, write_record  # noqa: E402
 
 PARTS = ("encode", "mapping fwd", "decoder fwd", "backward", "optimizer")
 
@@ -155,9 +154,8 @@ def main(argv=None):
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = new_record_stem(out / f"gms_profile_{res['date'][:10]}")
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=2))
     md = markdown(res)
-    stem.with_suffix(".md").write_text(md + "\n")
+    write_record(stem, res, md + "\n")
     print(md)
     print(f"wrote {stem}.json/.md")
 
