@@ -46,7 +46,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_ext.atomic_io import save_figure_atomic, write_text_atomic
+from nnunet_ext.atomic_io import save_figure_atomic, write_json_atomic, write_text_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.paths import link_or_copy
 from nnunet_ext.robustness.corruptions import CORRUPTIONS, NUM_SEVERITIES, available_corruptions, corrupt
@@ -368,7 +368,7 @@ def _check_manifest(s: Settings, p: dict) -> None:
                         shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink()
         models = {**old.get("models", {}), **models}
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({**fixed, "models": models, "corruption_table": table}, indent=1))
+    write_json_atomic(path, {**fixed, "models": models, "corruption_table": table}, indent=1)
 
 
 def _predict_trainer(s: Settings, p: dict, model: Model, device, todo: Dict[str, List[Case]]) -> None:
@@ -425,7 +425,7 @@ def _evaluate(s: Settings, p: dict, pred_dir: Path, json_path: Path) -> dict:
                            dataset_json=p["dataset_json_path"], progress=False)
     res = json.loads(json.dumps(res, default=_to_json))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json_path, json.dumps(res, indent=1))
+    write_json_atomic(json_path, res, indent=1)
     return res
 
 
