@@ -1,6 +1,6 @@
 """Consistency losses between two forward passes (shared by the methods that compare two views).
 
-``cosine_consistency`` is S2S2's (METHODS.md section 1): ``1 - cos`` of the channel vectors at every
+``cosine_consistency`` is S2S2's (docs/methods/s2s2.md): ``1 - cos`` of the channel vectors at every
 position, then a plain mean over batch and positions::
 
     L(f0, f1) = mean_{b, x} ( 1 - <f0[b, :, x], f1[b, :, x]> / max(|f0[b, :, x]| |f1[b, :, x]|, eps) ),  eps = 1e-8

@@ -1,4 +1,4 @@
-"""``nnUNetTrainerGMS``: GMS inside nnU-Net (METHODS.md section 2).
+"""``nnUNetTrainerGMS``: GMS inside nnU-Net (docs/methods/gms.md).
 
 ``nnUNetv2_train D gms_2d F -tr nnUNetTrainerGMS`` after ``nnunet-ext plan-gms -d D``, with the frozen VAE's folder
 in ``$nnUNet_ext_vae`` (also at prediction). The network is ``GMSNetwork`` (frozen VAE encoder -> latent mapping
@@ -6,7 +6,9 @@ model -> frozen VAE decoder -> logits); only the mapping model (about 1.5 M para
 
 Loss (GMS): sum over the heads ``out``, ``level1``, ``level2`` of MSE(latent) + soft Dice(decoded mask), weights 1
 and 1; ``train_losses`` logs the Dice part, ``latent_mse`` the latent part. Optimiser (GMS): AdamW, lr 2e-3,
-weight decay 0.01, linear warm-up from 0 over 5 epochs, then cosine to 0. nnU-Net's deep supervision is off
+weight decay 0.01, one lr per epoch: linear warm-up over ``gms_warmup_epochs`` = 5 epochs (0, 0.25, 0.5, 0.75,
+1.0 x 2e-3: the first epoch at lr 0, the peak in epoch 5), then cosine from 2e-3 (epoch 6) to 0 (``WarmupCosineLR``;
+``gms_warmup_epochs = 0``: cosine from the first epoch). nnU-Net's deep supervision is off
 (the heads all work at the latent resolution; the loss uses them directly).
 
 Speed: the train step gives the network the class masks too (``training_forward``), so that images and masks go
@@ -32,23 +34,48 @@ from nnunet_ext.gms.term import LatentMSETerm
 
 
 class WarmupCosineLR(_LRScheduler):
-    """lr = initial * e / warmup for e < warmup, then initial * (1 + cos(pi * (e - warmup) / (max - warmup))) / 2;
-    ``step(epoch)`` like nnU-Net's ``PolyLRScheduler``."""
+    """GMS's schedule: linear warm-up over ``warmup`` epochs, then cosine to 0, one value per epoch.
+
+    ``step(c)`` takes nnU-Net's 0-based epoch index (``nnUNetTrainer.on_train_epoch_start`` calls
+    ``lr_scheduler.step(self.current_epoch)`` before the epoch's first iteration), like ``PolyLRScheduler``; with
+    ``e = c + 1`` the 1-based epoch, ``W = warmup`` and ``E = max_steps`` (the number of epochs), the lr used during
+    epoch ``e`` is::
+
+        e <= W:  initial * (e - 1) / (W - 1)                            (0 in the first epoch, initial in epoch W)
+        e >  W:  initial * (1 + cos(pi * min((e - 1 - W) / (E - W), 1))) / 2   (initial in epoch W + 1)
+
+    For ``W = 5`` this is the GMS authors' per-epoch schedule: 0, 0.25, 0.5, 0.75, 1.0 x initial in epochs 1-5,
+    ``initial * (1 + cos(pi * (e - 6) / (E - 5))) / 2`` after (so epochs 5 and 6 both train at the peak); the last
+    epoch trains at ``initial * (1 + cos(pi * (E - W - 1) / (E - W))) / 2`` (about 2.5e-6 x initial for E = 1000,
+    W = 5) and the cosine reaches exactly 0 one step later, at the end of training.
+
+    ``W = 0``: no warm-up, the cosine starts at ``initial`` in the first epoch (``(1 + cos(pi * (e - 1) / E)) / 2``).
+    ``W = 1``: a single warm-up epoch at lr 0 (only AdamW's moment estimates are updated; with lr 0 neither the
+    gradient step nor the decoupled weight decay changes a weight), then the cosine from ``initial`` in epoch 2:
+    the ramp ``(e - 1) / (W - 1)`` is undefined for one epoch, and keeping its first value (0) keeps the rule that
+    the warm-up starts at 0 and the cosine at ``initial`` in epoch ``W + 1``.
+    """
 
     def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup: int = 5):
-        self.initial_lr, self.max_steps, self.warmup = initial_lr, max_steps, warmup
+        if warmup < 0 or int(warmup) != warmup:
+            raise UserError(f"gms_warmup_epochs must be a whole number >= 0, got {warmup!r}")
+        self.initial_lr, self.max_steps, self.warmup = initial_lr, max_steps, int(warmup)
         self.ctr = 0
         super().__init__(optimizer, -1)
+
+    def lr_at(self, current_step: int) -> float:
+        """The lr of 0-based epoch ``current_step`` (see the class docstring)."""
+        w = self.warmup
+        if current_step < w:
+            return self.initial_lr * current_step / (w - 1) if w > 1 else 0.0
+        t = (current_step - w) / max(1, self.max_steps - w)
+        return self.initial_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     def step(self, current_step=None):
         if current_step is None or current_step == -1:
             current_step = self.ctr
             self.ctr += 1
-        if current_step < self.warmup:
-            lr = self.initial_lr * current_step / self.warmup
-        else:
-            t = (current_step - self.warmup) / max(1, self.max_steps - self.warmup)
-            lr = self.initial_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        lr = self.lr_at(current_step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
@@ -59,6 +86,8 @@ class nnUNetTrainerGMS(nnUNetTrainerExt):
 
     gms_width: int = 32
     gms_posterior_p: float = 0.5
+    #: W: lr 0, 1/(W-1), ..., 1 x initial_lr in epochs 1..W, then cosine from initial_lr to 0 (``WarmupCosineLR``;
+    #: 0: cosine from the first epoch; 1: one epoch at lr 0, then the cosine)
     gms_warmup_epochs: int = 5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

@@ -1,11 +1,16 @@
-"""``nnUNetTrainerS2S2``: nnU-Net trained with semantic stacking (S2S2, METHODS.md section 1).
+"""``nnUNetTrainerS2S2``: nnU-Net trained with semantic stacking (S2S2, docs/methods/s2s2.md).
 
 Each training sample is paired with one random copy from its semantic stack (``nnunet-ext s2s2-generate``),
 carried through nnU-Net's loader as extra channels (one spatial augmentation for the pair, independent intensity
 augmentation: ``get_training_transforms``, ``nnunet_ext.s2s2.data``). Loss = Dice+CE(real)
 + ``s2s2_copy_weight`` * Dice+CE(copy) + ``s2s2_alpha_enc`` * (1 - cos) of the deepest encoder feature
-+ ``s2s2_alpha_dec`` * (1 - cos) of the last decoder feature (``nnunet_ext.s2s2.term``), defaults 1.0 / 1.0 / 1.0
-(the paper's TransUNet setting).
++ ``s2s2_alpha_dec`` * (1 - cos) of the last decoder feature (``nnunet_ext.s2s2.term``), defaults 1.0 / 1.0 / 1.0:
+the paper's TransUNet weights (``s2s2_enc_stages`` = k puts the encoder term on the k deepest encoder stages).
+
+Relative weighting: TransUNet's total is 0.5 (CE + CE_copy) + 0.5 (Dice + Dice_copy) + enc + dec, i.e. each
+image's segmentation loss at weight 0.5; nnU-Net's Dice + CE has weights 1 and 1, so with the same 1.0 / 1.0 the
+segmentation part weighs twice as much here and the consistency terms count **half** as much relative to it as
+in the paper. ``nnUNetTrainerS2S2_paperWeights`` (consistency 2.0 / 2.0) restores the paper's ratio.
 Validation and prediction are stock nnU-Net's (real images only); the checkpoint holds the plain network.
 
 The stack used: ``s2s2_generator`` (class attribute), or the only stack present for the configuration.
@@ -24,18 +29,26 @@ from nnunet_ext.s2s2.term import S2S2Term, half
 
 
 class nnUNetTrainerS2S2(nnUNetTrainerExt):
-    """S2S2 semantic stacking: real + generated copy, seg loss on both, cosine consistency (enc 1.0, dec 1.0)."""
+    """S2S2 semantic stacking: real + generated copy, seg loss on both, cosine consistency (enc 1.0, dec 1.0).
+
+    The paper's TransUNet weights on nnU-Net's Dice + CE (weights 1 and 1): the consistency counts half as much
+    relative to the segmentation loss as in the paper (whose segmentation losses are halved); see
+    ``nnUNetTrainerS2S2_paperWeights``.
+    """
 
     s2s2_alpha_enc: float = 1.0
     s2s2_alpha_dec: float = 1.0
     s2s2_copy_weight: float = 1.0
+    #: how many of the deepest encoder stage outputs get the encoder consistency, each at ``s2s2_alpha_enc``
+    #: (1: the bottleneck only; 2: the bottleneck and the stage above it)
+    s2s2_enc_stages: int = 1
     #: which stack (``gin``, ...); None: the only one made for this configuration
     s2s2_generator: Optional[str] = None
 
     def build_loss_terms(self) -> List[LossTerm]:
         # cooperative: a class combined with another method (nnUNetTrainerS2S2FD) gets both methods' terms
         return super().build_loss_terms() + [S2S2Term(self.loss, self.s2s2_copy_weight, self.s2s2_alpha_enc,
-                                                      self.s2s2_alpha_dec)]
+                                                      self.s2s2_alpha_dec, self.s2s2_enc_stages)]
 
     def _generate_command(self) -> str:
         ds_id = int(self.plans_manager.dataset_name[len("Dataset"):len("Dataset") + 3])
@@ -49,8 +62,8 @@ class nnUNetTrainerS2S2(nnUNetTrainerExt):
         gen = self.s2s2_generator
         if gen is None:
             if len(made) > 1:
-                raise S2S2Error(f"{type(self).__name__}: several semantic stacks exist for {ident} ({', '.join(made)}); "
-                                f"choose one with a trainer variant that sets s2s2_generator")
+                raise S2S2Error(f"{type(self).__name__}: several semantic stacks exist for {ident} "
+                                f"({', '.join(made)}); choose one with a trainer variant that sets s2s2_generator")
             gen = made[0] if made else None
         if gen is None or gen not in made:
             raise S2S2Error(f"{type(self).__name__} needs a semantic stack and found none"
