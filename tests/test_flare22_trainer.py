@@ -82,7 +82,7 @@ def test_s2s2_on_the_pair_sees_real_and_copy_of_the_labelled_patches_only():
     feats = taps.pop()
     terms = term(StepState(data=x, target=target, output=out, features=feats))
     assert set(terms) == {"seg_copy", "consist_enc", "consist_dec"} and terms["seg_copy"].weight == 2.0
-    from nnunet_ext.core.consistency import cosine_consistency
+    from nnunet_ext.s2s2.losses import cosine_consistency
     dec = [cosine_consistency(feats[f"{n}.decoder.final"][:2], feats[f"{n}.decoder.final"][2:4]) for n in ("net_a", "net_b")]
     assert terms["consist_dec"].value.item() == pytest.approx((dec[0] + dec[1]).item() / 2, rel=1e-5)
     copy = [seg_loss([o[2:4] for o in out_i], target) for out_i in out]

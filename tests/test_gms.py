@@ -17,9 +17,9 @@ from conftest import SHARED, foreground_dice_2d, run_cli
 from nnunet_ext.core.loss_terms import StepState
 from nnunet_ext.core.vae import VAE_ENV, load_vae
 from nnunet_ext.gms.mapping import LatentMappingModel, SpatialSelfAttention
-from nnunet_ext.gms.network import (USED_LEVELS, GMSDiceLoss, GMSNetwork, VAEChangedError, onehot_foreground,
-                                    soft_dice_loss)
-from nnunet_ext.gms.term import LatentMSETerm
+from nnunet_ext.gms.losses import heads_soft_dice, latent_mse, onehot_foreground, soft_dice_loss
+from nnunet_ext.gms.network import USED_LEVELS, GMSNetwork, VAEChangedError
+from nnunet_ext.gms.term import GMSDiceLoss, LatentMSETerm
 
 TAESD = SHARED / "weights" / "taesd"
 
@@ -40,6 +40,24 @@ def _tiny_kl(folder, seed):
                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 16), layers_per_block=1,
                   latent_channels=4, norm_num_groups=8).save_pretrained(str(folder))
     return load_vae(str(folder))
+
+
+def test_losses_by_hand():
+    """Soft Dice per sample and class, averaged; both parts summed over the heads asked for; half precision
+    compared in float32."""
+    t = torch.zeros(1, 2, 2, 2)
+    t[0, 0, 0] = 1  # class 1: two pixels; class 2: none
+    p = torch.full_like(t, 0.5)
+    # class 1: 1 - (2 * 1 + eps) / (2 + 2 + eps); class 2: 1 - eps / (2 + eps)
+    eps = 1e-5
+    expected = ((1 - (2 + eps) / (4 + eps)) + (1 - eps / (2 + eps))) / 2
+    assert soft_dice_loss(p, t).item() == pytest.approx(expected, rel=1e-6)
+    assert soft_dice_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert heads_soft_dice({"a": p, "b": t, "c": p}, t, ("a", "b")).item() == pytest.approx(expected, rel=1e-6)
+    z = torch.zeros(1, 4, 2, 2, dtype=torch.float16)
+    lat = {"a": z + 1, "b": z + 2, "c": z + 100}
+    value = latent_mse(lat, z, ("a", "b"))
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(1 + 4)
 
 
 def test_network_logits_state_dict_and_changed_vae(tmp_path):

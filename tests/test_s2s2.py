@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from conftest import foreground_dice_2d, run_cli
 
-from nnunet_ext.core.consistency import cosine_consistency
 from nnunet_ext.s2s2.gin import GINGenerator
+from nnunet_ext.s2s2.losses import cosine_consistency
 from nnunet_ext.s2s2.stack import open_stack_case, shard, write_stack_case, write_stack_info
 
 

@@ -16,9 +16,9 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 
-from nnunet_ext.core.consistency import cosine_consistency
 from nnunet_ext.core.feature_taps import FeatureTaps
 from nnunet_ext.errors import UserError
+from nnunet_ext.s2s2.losses import cosine_consistency
 from nnunet_ext.s2s2.term import S2S2Term
 
 N_STAGES = 4

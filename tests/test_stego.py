@@ -162,8 +162,8 @@ def test_images_only_dataset_end_to_end(stego_env, nnunet_dirs, tmp_path):
     dj = json.loads((Path(nnunet_dirs["preprocessed"]) / raw.name / "dataset.json").read_text())
     lm = LabelManager(dj["labels"], None)
     assert lm.num_segmentation_heads == 2 and lm.has_ignore_label, "placeholders = nnU-Net's ignore label, 2 clusters"
-    run_cli("nnunet-ext", ["stego-knn", "-d", DS_IMG, "-c", "2d", "-tr", "nnUNetTrainerSTEGO_tinyShort", "--no-progress"],
-            env)
+    run_cli("nnunet-ext", ["stego-knn", "-d", DS_IMG, "-c", "2d", "-tr", "nnUNetTrainerSTEGO_tinyShort",
+                           "--no-progress"], env)
     run_cli("nnUNetv2_train", [DS_IMG, "2d", 0, "-tr", "nnUNetTrainerSTEGO_tinyShort", "-device", "cpu"], env)
     fold = Path(nnunet_dirs["results"]) / raw.name / "nnUNetTrainerSTEGO_tinyShort__nnUNetPlans__2d" / "fold_0"
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)

@@ -1,4 +1,4 @@
-"""Dense CRF (``nnunet_ext.stego.crf``) and ``nnunet-ext stego-crf`` (``nnunet_ext.stego.crf_cli``).
+"""Dense CRF (``nnunet_ext.stego.crf``) and ``nnunet-ext stego-crf`` (``nnunet_ext.stego.cli``, ``.refine``).
 
 The CRF is checked against a brute-force mean field written from the equations (dense N x N matrices, float64), and
 for the properties it is used for: noise inside constant regions is removed, a boundary moves to the image edge
@@ -195,7 +195,7 @@ def _nnunet_predict(image_files, probs_reader_order, plans, dataset_json, pred_d
 
 
 def _run(argv):
-    from nnunet_ext.stego.crf_cli import register
+    from nnunet_ext.stego.cli import register
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["stego-crf", *map(str, argv)])
@@ -258,7 +258,7 @@ def test_cli_png_with_dataset_id_and_missing_npz(tmp_path, monkeypatch):
     plans.json in the prediction folder; then a case without its .npz gets the clear error."""
     from skimage import io
 
-    from nnunet_ext.stego.crf_cli import CRFError
+    from nnunet_ext.stego.refine import CRFError
 
     raw = tmp_path / "raw"
     (raw / "Dataset990_CRFTest").mkdir(parents=True)

@@ -9,7 +9,7 @@ import torch
 
 from nnunet_ext.stego.head import STEGOHead
 from nnunet_ext.stego.knn import draw_positive, pooled_descriptor, top_neighbours
-from nnunet_ext.stego.loss import centre, correlation, correlation_loss, stego_loss
+from nnunet_ext.stego.losses import centre, correlation, correlation_loss, stego_loss
 from nnunet_ext.stego.metrics import confusion, hungarian, matched_scores
 from nnunet_ext.stego.probe import ClusterProbe
 
@@ -62,7 +62,8 @@ def test_head_and_probe():
     assert f.shape == (2, 16, 8, 8) and code.shape == (2, 70, 8, 8)
     torch.manual_seed(0)
     probe = ClusterProbe(dim=2, n_clusters=2)
-    pts = torch.cat([torch.tensor([1.0, 0.0]) + 0.05 * torch.randn(50, 2), torch.tensor([0.0, 1.0]) + 0.05 * torch.randn(50, 2)])
+    pts = torch.cat([torch.tensor([1.0, 0.0]) + 0.05 * torch.randn(50, 2),
+                     torch.tensor([0.0, 1.0]) + 0.05 * torch.randn(50, 2)])
     codes = pts.T.reshape(1, 2, 10, 10).requires_grad_()
     opt = torch.optim.SGD(probe.parameters(), lr=0.5)
     before = probe.loss(codes).item()

@@ -1,5 +1,5 @@
 """STEGO: unsupervised segmentation from a frozen backbone ($nnUNet_ext_backbone); needs `nnunet-ext stego-knn`."""
-from nnunet_ext.stego.loss import LIVER_ULTRASOUND
+from nnunet_ext.stego.losses import LIVER_ULTRASOUND
 from nnunet_ext.stego.trainer import nnUNetTrainerSTEGO
 
 

@@ -1,4 +1,4 @@
-"""The GMS latent mapping model (METHODS.md section 2), re-implemented from the published description.
+"""The GMS latent mapping model (docs/methods/gms.md), re-implemented from the published description.
 
 Image latent (4 channels) -> mask latent(s), at the latent resolution throughout (no down- or up-sampling, so no
 information is lost to pooling):

@@ -36,8 +36,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from nnunet_ext.core.network import FrozenModelNetwork
 from nnunet_ext.core.vae import VAE_ENV, FrozenVAE, checksum
@@ -145,30 +143,3 @@ class GMSNetwork(FrozenModelNetwork):
             raise VAEChangedError(f"the VAE in {self.vae.folder} (${VAE_ENV}) is not the one this model was trained "
                                   f"with ({state.get('vae_folder')}, checksum {state.get('vae_checksum', '')[:12]}..., "
                                   f"now {self._vae_checksum[:12]}...): point {VAE_ENV} to the original weights")
-
-
-def soft_dice_loss(p: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """1 - soft Dice per sample and class (no threshold, MONAI style), averaged."""
-    dims = tuple(range(2, p.ndim))
-    inter = (p * target).sum(dims)
-    return (1 - (2 * inter + eps) / (p.sum(dims) + target.sum(dims) + eps)).mean()
-
-
-def onehot_foreground(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(b, 1, H, W) labels -> (b, K, H, W) binary masks of the foreground classes 1..K."""
-    return F.one_hot(target[:, 0].long().clamp_min(0), num_classes).movedim(-1, 1)[:, 1:].float()
-
-
-class GMSDiceLoss(nn.Module):
-    """The trainer's ``self.loss``: soft Dice of the decoded masks, summed over the loss's three heads in training
-    (GMS); on evaluation logits (validation) the Dice of the final head's probabilities."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-
-    def forward(self, output, target: torch.Tensor) -> torch.Tensor:
-        onehot = onehot_foreground(target, self.num_classes)
-        if isinstance(output, dict):
-            return sum(soft_dice_loss(output["probs"][lv], onehot) for lv in USED_LEVELS)
-        return soft_dice_loss(torch.sigmoid(output[:, 1:].float()), onehot)

@@ -5,11 +5,11 @@ in ``$nnUNet_ext_vae`` (also at prediction). The network is ``GMSNetwork`` (froz
 model -> frozen VAE decoder -> logits); only the mapping model (about 1.5 M parameters) is trained and saved.
 
 Loss (GMS): sum over the heads ``out``, ``level1``, ``level2`` of MSE(latent) + soft Dice(decoded mask), weights 1
-and 1; ``train_losses`` logs the Dice part, ``latent_mse`` the latent part. Optimiser (GMS): AdamW, lr 2e-3,
-weight decay 0.01, one lr per epoch: linear warm-up over ``gms_warmup_epochs`` = 5 epochs (0, 0.25, 0.5, 0.75,
-1.0 x 2e-3: the first epoch at lr 0, the peak in epoch 5), then cosine from 2e-3 (epoch 6) to 0 (``WarmupCosineLR``;
-``gms_warmup_epochs = 0``: cosine from the first epoch). nnU-Net's deep supervision is off
-(the heads all work at the latent resolution; the loss uses them directly).
+and 1 (``losses``, ``term``); ``train_losses`` logs the Dice part, ``latent_mse`` the latent part.
+Optimiser (GMS): AdamW, lr 2e-3, weight decay 0.01, one lr per epoch: linear warm-up over ``gms_warmup_epochs`` =
+5 epochs (0, 0.25, 0.5, 0.75, 1.0 x 2e-3: the first epoch at lr 0, the peak in epoch 5), then cosine from 2e-3
+(epoch 6) to 0 (``WarmupCosineLR``; ``gms_warmup_epochs = 0``: cosine from the first epoch). nnU-Net's deep
+supervision is off (the heads all work at the latent resolution; the loss uses them directly).
 
 Speed: the train step gives the network the class masks too (``training_forward``), so that images and masks go
 through the VAE encoder in one call and the three heads through the decoder in one call (``GMSNetwork``); on
@@ -25,12 +25,13 @@ from typing import List
 import torch
 from torch.optim.lr_scheduler import _LRScheduler
 
+from nnunet_ext.core.intensity import intensity_mode
 from nnunet_ext.core.loss_terms import LossTerm
 from nnunet_ext.core.trainer import nnUNetTrainerExt
 from nnunet_ext.errors import UserError
-from nnunet_ext.core.intensity import intensity_mode
-from nnunet_ext.gms.network import GMSDiceLoss, GMSNetwork, onehot_foreground
-from nnunet_ext.gms.term import LatentMSETerm
+from nnunet_ext.gms.losses import onehot_foreground
+from nnunet_ext.gms.network import GMSNetwork
+from nnunet_ext.gms.term import GMSDiceLoss, LatentMSETerm
 
 
 class WarmupCosineLR(_LRScheduler):

@@ -5,11 +5,11 @@ norm, so this is the same as two separate passes; gradients reach both halves). 
 
 * ``seg_copy``: nnU-Net's Dice + CE (deep supervision) on the copy half, weight ``copy_weight`` (1.0; 0.1 in the
   SLAug setting); nnU-Net's ``train_losses`` is the real half's (weight 1 in the total);
-* ``consist_enc``: ``cosine_consistency`` of the deepest encoder feature (the bottleneck, ``encoder.{n-1}``) of
-  the two halves, weight ``alpha_enc`` (1.0). With ``enc_stages = k > 1`` the k deepest encoder stage outputs
-  get the same term, each with weight ``alpha_enc``: ``consist_enc_2`` is the stage just above the bottleneck
-  (``encoder.{n-2}``), ``consist_enc_3`` the one above that, ... (FCBFormer's setting: 0.4 on two encoder-side
-  features, 0.8 in all);
+* ``consist_enc``: ``losses.cosine_consistency`` of the deepest encoder feature (the bottleneck,
+  ``encoder.{n-1}``) of the two halves, weight ``alpha_enc`` (1.0). With ``enc_stages = k > 1`` the k deepest
+  encoder stage outputs get the same term, each with weight ``alpha_enc``: ``consist_enc_2`` is the stage just
+  above the bottleneck (``encoder.{n-2}``), ``consist_enc_3`` the one above that, ... (FCBFormer's setting: 0.4 on
+  two encoder-side features, 0.8 in all);
 * ``consist_dec``: the same on ``decoder.final`` (the input of the segmentation head), weight ``alpha_dec`` (1.0).
 
 Total added to nnU-Net's loss of the real half: ``copy_weight * seg_copy + alpha_enc * sum(consist_enc*)
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from nnunet_ext.core.consistency import cosine_consistency
 from nnunet_ext.core.loss_terms import LossTerm, StepState, WeightedTerm
 from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.errors import UserError
+from nnunet_ext.s2s2.losses import cosine_consistency
 
 
 def half(x, which: int):

@@ -86,7 +86,8 @@ class FrozenBackbone(nn.Module):
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.stride or x.shape[-2] % self.stride:
-            raise BackboneError(f"image size {tuple(x.shape[-2:])} is not a multiple of the backbone stride {self.stride}")
+            raise BackboneError(f"image size {tuple(x.shape[-2:])} is not a multiple of the backbone stride "
+                                f"{self.stride}")
         x = self.prepare(x)
         if self.kind == "taesd":
             return self.model(x)

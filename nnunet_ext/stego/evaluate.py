@@ -1,4 +1,4 @@
-"""``nnunet-ext stego-evaluate``: STEGO's metrics of a prediction folder (METHODS.md section 3).
+"""``nnunet-ext stego-evaluate``: STEGO's metrics of a prediction folder (docs/methods/stego.md).
 
 One confusion matrix (predicted cluster or label x reference label) is accumulated over every pixel of every
 case, clusters are matched to labels by the Hungarian algorithm on the raw counts, and the unsupervised pixel
@@ -17,8 +17,9 @@ from typing import Optional
 import numpy as np
 
 from nnunet_ext.atomic_io import write_json_atomic
-from nnunet_ext.evaluation.evaluate import (EvaluationError, _infer_file_ending, _list_cases, _reader_class,
-                                            load_dataset_json, read_segmentation)
+from nnunet_ext.core.labels import check_real_labels
+from nnunet_ext.evaluation.evaluate import (EvaluationError, infer_file_ending, list_cases, load_dataset_json,
+                                            read_segmentation, reader_class)
 from nnunet_ext.stego.metrics import confusion, matched_scores
 
 
@@ -31,8 +32,6 @@ def _dataset_json_near(gt_dir: Path) -> Optional[dict]:
 
 def evaluate_clusters(gt_dir, pred_dir, dataset_json=None, n_clusters: Optional[int] = None,
                       out_file=None, only_predicted: bool = False, progress: bool = False) -> dict:
-    from nnunet_ext.conversion.stego import check_real_labels
-
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for what, d in (("reference folder", gt_dir), ("prediction folder", pred_dir)):
         if not d.is_dir():
@@ -40,8 +39,8 @@ def evaluate_clusters(gt_dir, pred_dir, dataset_json=None, n_clusters: Optional[
     dj = load_dataset_json(dataset_json) if dataset_json is not None else _dataset_json_near(gt_dir)
     if dj is not None:
         check_real_labels(dj, f"stego-evaluate {gt_dir}")
-    ending = (dj or {}).get("file_ending") or _infer_file_ending(gt_dir)
-    refs, preds = _list_cases(gt_dir, ending), _list_cases(pred_dir, ending)
+    ending = (dj or {}).get("file_ending") or infer_file_ending(gt_dir)
+    refs, preds = list_cases(gt_dir, ending), list_cases(pred_dir, ending)
     if only_predicted:
         refs = {c: p for c, p in refs.items() if c in preds}
     missing = sorted(set(refs) - set(preds))
@@ -50,7 +49,7 @@ def evaluate_clusters(gt_dir, pred_dir, dataset_json=None, n_clusters: Optional[
                               f"{', '.join(missing[:5])})")
     if not refs:
         raise EvaluationError(f"no cases to evaluate in {gt_dir} (file ending {ending})")
-    reader = _reader_class(dj, ending, next(iter(refs.values())))()
+    reader = reader_class(dj, ending, next(iter(refs.values())))()
     pairs = []
     for case in sorted(refs):
         ref = read_segmentation(reader, refs[case])[0]

@@ -1,4 +1,4 @@
-"""Nearest neighbours for STEGO's kNN pairing (METHODS.md section 3): per image, the backbone features
+"""Nearest neighbours for STEGO's kNN pairing (docs/methods/stego.md): per image, the backbone features
 average-pooled over space and L2-normalised; cosine similarity to every other image; the top 30 kept (rank 0 is
 the image itself), the positive drawn from ranks 1..7."""
 from __future__ import annotations

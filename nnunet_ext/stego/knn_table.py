@@ -4,7 +4,7 @@ For a 2D configuration of a dataset, every image of nnU-Net's preprocessed data 
 for 3D data every slice along the first axis, the axis nnU-Net's 2d configuration samples) is resized to the
 configuration's patch size (rounded up to the backbone stride), put through the frozen backbone, and described by
 its spatially average-pooled, L2-normalised features (STEGO). Cosine top-30 neighbours are stored; the trainer
-draws the kNN partner of an image from ranks 1..7 (METHODS.md section 3). Slices of the same volume are ranked
+draws the kNN partner of an image from ranks 1..7 (docs/methods/stego.md). Slices of the same volume are ranked
 after every slice of the other volumes (they are near-duplicates; ``same_case=True`` turns this off).
 
 Layout, under ``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_stego_knn/<backbone>/``:

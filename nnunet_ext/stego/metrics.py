@@ -1,4 +1,4 @@
-"""STEGO's evaluation (METHODS.md section 3): one confusion matrix accumulated over the whole evaluation set,
+"""STEGO's evaluation (docs/methods/stego.md): one confusion matrix accumulated over the whole evaluation set,
 Hungarian matching of clusters to classes on the raw counts (scipy ``linear_sum_assignment``, maximised),
 unsupervised pixel accuracy, mIoU (classes absent from both prediction and labels left out) and per-class Dice."""
 from __future__ import annotations

@@ -6,9 +6,11 @@
 * **Any patch size.** A patch whose size is not a multiple of the backbone's stride (e.g. 14 for DINOv2) is
   resized bilinearly to the next multiple before the backbone; codes are upsampled back to the patch size
   (bilinear, as STEGO upsamples its codes to image resolution before clustering).
-* **Training mode** returns ``{"feats", "codes", "cluster_loss"}``: the backbone features after the head's
-  ``Dropout2d`` (what the correlation loss uses), the codes at feature resolution, and the cluster probe's loss on
-  the detached codes (computed in the forward pass so that DDP sees the probe's parameters used).
+* **Training mode** (``forward(x, n_images)``) returns ``{"feats", "codes", "cluster_loss"}``: the backbone
+  features after the head's third ``Dropout2d`` draw (what the correlation loss uses), the codes at feature
+  resolution, and the cluster probe's loss on the detached codes of the first ``n_images`` patches only (the
+  batch's images; the trainer appends their kNN partners after them, and STEGO's probe never sees the partners;
+  default: all patches). It is computed in the forward pass so that DDP sees the probe's parameters used.
 * **Evaluation mode** (validation, ``nnUNetv2_predict``) returns logits for nnU-Net: ``2 x`` cosine similarity of
   the (full-resolution) code to each centroid, the code being averaged with the code of the horizontally flipped
   patch first (STEGO's evaluation). Channel ``c`` shows cluster ``cluster_of_label[c]``: identity (cluster space)
@@ -21,7 +23,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -81,10 +83,11 @@ class STEGONetwork(FrozenModelNetwork):
         code = F.interpolate(code, size=tuple(size), mode="bilinear", align_corners=False)
         return LOGIT_SCALE * self.probe.logits(code)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, n_images: Optional[int] = None):
         if self.training:
             feats, code = self.head(self.features(x))
-            return {"feats": feats, "codes": code, "cluster_loss": self.probe.loss(code)}
+            probed = code if n_images is None else code[:n_images]
+            return {"feats": feats, "codes": code, "cluster_loss": self.probe.loss(probed)}
         return self.cluster_scores(self.codes(x), x.shape[-2:])[:, self.cluster_of_label]
 
     def set_mapping(self, cluster_to_label: Dict[int, int]) -> None:

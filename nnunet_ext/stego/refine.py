@@ -1,4 +1,4 @@
-"""The ``stego-crf`` verb (registered by ``nnunet_ext.cli``): dense CRF refinement of an nnU-Net prediction folder.
+"""Dense CRF refinement of an nnU-Net prediction folder: the work of ``nnunet-ext stego-crf`` (``stego.cli``).
 
 ``nnunet-ext stego-crf -i IMAGES_DIR -p PRED_DIR -o OUT_DIR [-d DATASET] [--iterations 10]``
 
@@ -32,44 +32,6 @@ _SKIP_SUFFIXES = (".npz", ".pkl", ".json")
 
 class CRFError(UserError):
     """An expected failure of ``nnunet-ext stego-crf`` (bad folder, missing file, mismatched shapes)."""
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "stego-crf", help="refine an nnU-Net prediction folder with STEGO's dense CRF (needs --save_probabilities)",
-        description="Dense CRF refinement (STEGO / Kraehenbuehl & Koltun: 10 mean-field iterations, Gaussian kernel "
-                    "w=3 std=1 px, bilateral kernel w=4 std=67 px / 3 colour units, Potts) of the probabilities that "
-                    "nnUNetv2_predict --save_probabilities wrote, guided by the images; writes refined "
-                    "segmentations with nnU-Net's writer and the same geometry. 3D volumes: one CRF per slice along "
-                    "the first axis of nnU-Net's image array.")
-    p.add_argument("-i", dest="images", metavar="IMAGES_DIR", required=True,
-                   help="folder of the input images (<case>_0000<ending>, ...)")
-    p.add_argument("-p", dest="pred", metavar="PRED_DIR", required=True,
-                   help="prediction folder of nnUNetv2_predict ... --save_probabilities (<case>.npz, <case>.pkl)")
-    p.add_argument("-o", dest="out", metavar="OUT_DIR", required=True,
-                   help="output folder for the refined segmentations")
-    p.add_argument("-d", dest="dataset", default=None,
-                   help="dataset id or name: read dataset.json from $nnUNet_raw (default: PRED_DIR/dataset.json)")
-    p.add_argument("--iterations", type=int, default=10, help="mean-field iterations (default: 10)")
-    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=None,
-                   help="bilateral kernel exact up to this many pixels per image, on a pooled grid above "
-                        "(default: 8192, nnunet_ext.stego.crf.DEFAULT_MAX_PIXELS)")
-    p.add_argument("--guide", choices=("auto", "raw", "percentile"), default="auto",
-                   help="image -> 0..255 guide: raw values, per-image 0.5/99.5 percentile rescale, or auto (raw for "
-                        "8-bit natural images read by NaturalImage2DIO, percentile otherwise; default)")
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--save_probabilities", action="store_true",
-                   help="also write the refined probabilities (<case>.npz) and properties (<case>.pkl)")
-    p.set_defaults(func=cmd_stego_crf)
-
-
-def cmd_stego_crf(args) -> int:
-    done, skipped = refine_prediction_folder(args.images, args.pred, args.out, dataset=args.dataset,
-                                             iterations=args.iterations, max_pixels=args.max_pixels,
-                                             guide=args.guide, device=args.device,
-                                             save_probabilities=args.save_probabilities)
-    print(f"refined {done} case(s), skipped {skipped} already in {args.out}")
-    return 0
 
 
 def _dataset_json(pred_dir, dataset):
@@ -167,8 +129,6 @@ def _image_files(images_dir, case, ending):
     if not files:
         raise CRFError(f"no image {case}_0000{ending} in {images_dir}: is -i the folder that was predicted?")
     return [os.path.join(images_dir, f) for f in files]
-
-
 
 
 def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterations: int = 10, max_pixels=None,

@@ -1,16 +1,17 @@
 """STEGO's losses as a loss term of ``nnUNetTrainerExt`` (each logged per epoch like FD's terms).
 
 The trainer runs the network once on the batch of images followed by their kNN partners (training mode:
-features after Dropout2d, codes, cluster-probe loss). ``STEGOTerm`` splits the two halves and returns the three
-correlation losses of ``loss.stego_loss`` weighted by their lambdas (``stego_self``, ``stego_knn``, ``stego_rand``)
-and the cluster probe's loss with weight 1 (``stego_cluster``; detached codes, so only the centroids learn from it).
+features after Dropout2d, codes, and the cluster-probe loss of the images' codes only). ``STEGOTerm`` splits the two
+halves and returns the three correlation losses of ``losses.stego_loss`` weighted by their lambdas (``stego_self``,
+``stego_knn``, ``stego_rand``) and the cluster probe's loss with weight 1 (``stego_cluster``; detached codes of the
+batch's images, not of their partners, so only the centroids learn from it).
 """
 from __future__ import annotations
 
 from typing import Dict
 
 from nnunet_ext.core.loss_terms import LossTerm, StepState, WeightedTerm
-from nnunet_ext.stego.loss import CorrelationWeights, stego_loss
+from nnunet_ext.stego.losses import CorrelationWeights, stego_loss
 
 
 class STEGOTerm(LossTerm):

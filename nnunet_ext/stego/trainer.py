@@ -1,4 +1,4 @@
-"""``nnUNetTrainerSTEGO``: STEGO inside nnU-Net (METHODS.md section 3), for datasets with or without labels.
+"""``nnUNetTrainerSTEGO``: STEGO inside nnU-Net (docs/methods/stego.md), for datasets with or without labels.
 
     nnUNetv2_plan_and_preprocess -d D -c 2d
     nnunet-ext stego-knn -d D -c 2d [-tr nnUNetTrainerSTEGO_taesd]
@@ -10,8 +10,10 @@
   (an images-only dataset converted by ``nnunet-ext convert stego --clusters K`` lists K placeholder labels).
 * **Training** (``data.py``, ``term.py``): each 2D patch comes with the same crop of its kNN partner (``stego-knn``);
   loss = lambda_self L_self + lambda_knn L_knn + lambda_rand L_rand (correlation losses) + the cluster probe's
-  loss; ``train_losses`` logs this total, each part is logged on its own. Labels are never used in training:
-  foreground oversampling is off, the segmentation targets are ignored.
+  loss (on the images' codes, not the partners'); ``train_losses`` logs this total, each part is logged on its own.
+  Labels are never used in training: foreground oversampling is off, the segmentation targets are ignored.
+  The random pairing pairs each image with another image of the batch: training needs a batch of at least 2
+  patches (per GPU) and stops with an error otherwise (or set ``stego_negatives = 0`` to drop L_rand).
 * **Optimiser**: Adam, lr 5e-4 for the head and 5e-3 for the cluster probe, constant (STEGO); nnU-Net's epochs and
   iterations.
 * **Validation** (labels only used here): every epoch the clusters of the validation patches are matched to the
@@ -31,12 +33,12 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from nnunet_ext.core.labels import class_argmax
+from nnunet_ext.core.labels import class_argmax, placeholder_labels
 from nnunet_ext.core.loss_terms import LossTerm
 from nnunet_ext.core.network import unwrap_network
 from nnunet_ext.core.trainer import nnUNetTrainerExt
 from nnunet_ext.errors import UserError
-from nnunet_ext.stego.loss import CorrelationWeights
+from nnunet_ext.stego.losses import CorrelationWeights, correlation_total
 from nnunet_ext.stego.metrics import confusion, hungarian, matched_scores
 from nnunet_ext.stego.term import STEGOTerm
 
@@ -68,6 +70,7 @@ class nnUNetTrainerSTEGO(nnUNetTrainerExt):
     stego_lr: float = 5e-4
     stego_probe_lr: float = 5e-3
     stego_points: int = 11
+    #: random draws of the negative pairing (0: no random pairing, L_rand = 0; allows a batch of 1)
     stego_negatives: int = 5
     #: the kNN partner is drawn from neighbour ranks 1..stego_knn_ranks
     stego_knn_ranks: int = 7
@@ -77,8 +80,6 @@ class nnUNetTrainerSTEGO(nnUNetTrainerExt):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        from nnunet_ext.conversion.stego import placeholder_labels
-
         self.enable_deep_supervision = False
         self.oversample_foreground_percent = 0.0  # labels never steer training
         self.placeholder_labels = placeholder_labels(dataset_json)
@@ -145,20 +146,32 @@ class nnUNetTrainerSTEGO(nnUNetTrainerExt):
         return dataset_tr, dataset_val
 
     # ---- training -----------------------------------------------------------------------------------------
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        if self.stego_negatives > 0 and self.batch_size < 2:
+            raise UserError(f"{type(self).__name__}: STEGO's random pairing needs a batch of at least 2 images (per "
+                            f"GPU), this run has {self.batch_size}: raise the batch size in the plans, or train a "
+                            f"subclass with stego_negatives = 0 (no random pairing)")
+        super().on_train_start()
+
     def build_loss_terms(self) -> List[LossTerm]:
         return super().build_loss_terms() + [STEGOTerm(self.stego_weights, self.stego_points, self.stego_negatives)]
 
     def segmentation_loss(self, output, target) -> torch.Tensor:
         return output["feats"].new_zeros(())  # unsupervised: no segmentation loss
 
+    def training_forward(self, data, target):
+        """The batch's images come first, their kNN partners after them: the cluster probe sees the images only."""
+        return self.network(data, n_images=data.shape[0] // 2)
+
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         c = self.num_input_channels
         out = self.step_with_terms(torch.cat((data[:, :c], data[:, c:])), None)
-        w = self.stego_weights
         # train_losses: STEGO's total loss (there is no segmentation loss to show)
-        out["loss"] = (w.lambda_self * out["stego_self"] + w.lambda_knn * out["stego_knn"]
-                       + w.lambda_rand * out["stego_rand"] + out["stego_cluster"])
+        out["loss"] = (correlation_total(self.stego_weights, out["stego_self"], out["stego_knn"], out["stego_rand"])
+                       + out["stego_cluster"])
         return out
 
     # ---- validation ---------------------------------------------------------------------------------------

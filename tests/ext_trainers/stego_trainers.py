@@ -1,6 +1,6 @@
 """Test-only short-schedule STEGO trainer on a tiny ViT (this folder is on nnUNet_extTrainer in the tests)."""
 from nnunet_ext.core.schedule import ScheduleMixin
-from nnunet_ext.stego.loss import CorrelationWeights
+from nnunet_ext.stego.losses import CorrelationWeights
 from nnunet_ext.stego.trainer import nnUNetTrainerSTEGO
 
 #: the tiny ViT the STEGO tests save (timm vit_small_patch8_224 with these overrides)
