@@ -51,31 +51,16 @@ from pathlib import Path
 
 import numpy as np
 
+from common import REPO, SHARED, dataset_folder, machine, run, write_record
+from common import setup_env as setup_nnunet_folders
 from nnunet_ext.atomic_io import write_json_atomic
+from nnunet_ext.paths import console_script, ext_trainer_env
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, write_record  # noqa: E402
-from bench_hippocampus_fd_quality import _bin, run  # noqa: E402
-from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
-
-SHARED = REPO.parent / "shared"
 DATASETS = {"synthetic": 611, "la2018": 612}
 PLANS = "nnUNetPlans_small"
 TRAINER = "nnUNetTrainer_c2fBench"
 CONFIGS = ("3d_fullres", "3d_coarse", "3d_fine")
-TRAINER_MODULE = '''"""Written by benchmarks/bench_c2f.py: stock nnU-Net with the benchmark's budget and seed."""
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-from nnunet_ext.benchmark.variant import BenchMixin
-from nnunet_ext.core.schedule import ScheduleMixin
-from nnunet_ext.core.seeding import SeedMixin
-
-
-class {name}(BenchMixin, ScheduleMixin, SeedMixin, nnUNetTrainer):
-    schedule = {{"num_epochs": {epochs}, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5,
-                "save_every": 1}}
-'''
+SCHEDULE = {"num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5, "save_every": 1}
 
 
 def parse_args(argv=None):
@@ -101,18 +86,16 @@ def parse_args(argv=None):
 def prepare(args, workdir: Path) -> tuple:
     raw = Path(os.environ["nnUNet_raw"])
     did = DATASETS[args.data]
-    found = sorted(raw.glob(f"Dataset{did:03d}_*"))
-    if not found:
+    if dataset_folder(did) is None:
         if args.data == "synthetic":
             from nnunet_ext.core.synthetic import generate_abdomen_dataset_3d
             generate_abdomen_dataset_3d(str(raw), did, name="AbdomenBench", num_train=args.train, num_test=args.test,
                                         shape=tuple(args.shape), spacing=tuple(args.spacing), seed=1234)
         else:
-            run([_bin("nnunet-ext"), "convert", "la2018", "--source", SHARED / "data" / "la2018_h5", "--id", did,
-                 "--holdout-test"])
-        found = sorted(raw.glob(f"Dataset{did:03d}_*"))
-    name = found[0].name
-    run([_bin("nnunet-ext"), "plan-small", "-d", did, "-gpu_memory_target", args.gpu_memory_target,
+            run([console_script("nnunet-ext"), "convert", "la2018", "--source", SHARED / "data" / "la2018_h5",
+                 "--id", did, "--holdout-test"])
+    name = dataset_folder(did).name
+    run([console_script("nnunet-ext"), "plan-small", "-d", did, "-gpu_memory_target", args.gpu_memory_target,
          "-overwrite_plans_name", PLANS, "-c", "3d_fullres"])
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
     plans = json.loads((pre / f"{PLANS}.json").read_text())
@@ -120,29 +103,32 @@ def prepare(args, workdir: Path) -> tuple:
     done = all(c in plans["configurations"] and len(list((pre / f"{PLANS}_{c}").glob("*.pkl"))) == n_train
                for c in ("3d_coarse", "3d_fine"))
     if not done:
-        run([_bin("nnunet-ext"), "plan-c2f", "-d", did, "-p", PLANS, "-gpu_memory_target", args.gpu_memory_target,
-             "--coarse-size", args.coarse_size, "-np", 2])
+        run([console_script("nnunet-ext"), "plan-c2f", "-d", did, "-p", PLANS, "-gpu_memory_target",
+             args.gpu_memory_target, "--coarse-size", args.coarse_size, "-np", 2])
     return did, name
 
 
 def train(args, workdir: Path, did: int, seed: int) -> None:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_ext.benchmark.variant import BenchMixin
+    from nnunet_ext.core.schedule import ScheduleMixin, variant_source, write_variant_module
+    from nnunet_ext.core.seeding import SeedMixin
+
     tdir = workdir / "trainers"
-    tdir.mkdir(exist_ok=True)
-    (tdir / "c2f_bench_trainers.py").write_text(TRAINER_MODULE.format(name=TRAINER, epochs=args.epochs))
-    env = dict(os.environ, nnUNet_results=str(workdir / f"results_seed{seed}"), nnUNet_ext_seed=str(seed),
-               nnUNet_extTrainer=f"{tdir}:{subprocess.check_output([_bin('nnunet-ext'), 'trainers-path'], text=True).strip()}")
+    src = variant_source(nnUNetTrainer, TRAINER, {"num_epochs": args.epochs, **SCHEDULE},
+                         mixins=(BenchMixin, ScheduleMixin, SeedMixin), generated_by="benchmarks/bench_c2f.py",
+                         doc="Stock nnU-Net with the benchmark's budget and seed.")
+    write_variant_module(tdir / "c2f_bench_trainers.py", src)
+    env = dict(ext_trainer_env([tdir]), nnUNet_results=str(workdir / f"results_seed{seed}"), nnUNet_ext_seed=str(seed))
     for c in CONFIGS:
-        fold = Path(env["nnUNet_results"]) / f"Dataset{did:03d}_{_name(did)}" / f"{TRAINER}__{PLANS}__{c}" / "fold_0"
+        fold = Path(env["nnUNet_results"]) / dataset_folder(did).name / f"{TRAINER}__{PLANS}__{c}" / "fold_0"
         if (fold / "checkpoint_final.pth").is_file():
             continue
-        cmd = [_bin("nnUNetv2_train"), did, c, 0, "-tr", TRAINER, "-p", PLANS, "-device", args.device]
+        cmd = [console_script("nnUNetv2_train"), did, c, 0, "-tr", TRAINER, "-p", PLANS, "-device", args.device]
         if (fold / "checkpoint_latest.pth").is_file():
             cmd.append("--c")
         run(cmd, env)
-
-
-def _name(did: int) -> str:
-    return sorted(Path(os.environ["nnUNet_raw"]).glob(f"Dataset{did:03d}_*"))[0].name[len("Dataset000_"):]
 
 
 def timed(cmd, env) -> dict:
@@ -162,17 +148,15 @@ def predict_and_evaluate(args, workdir: Path, did: int, name: str, seed: int) ->
     images, labels = raw / "imagesTs", raw / "labelsTs"
     n = len(list(labels.glob("*.nii.gz")))
     results = workdir / f"results_seed{seed}"
-    env = dict(os.environ, nnUNet_results=str(results),
-               nnUNet_extTrainer=f"{workdir / 'trainers'}:"
-                                 f"{subprocess.check_output([_bin('nnunet-ext'), 'trainers-path'], text=True).strip()}")
+    env = dict(ext_trainer_env([workdir / "trainers"]), nnUNet_results=str(results))
     out = {}
     tools = {
-        "stock": [_bin("nnUNetv2_predict"), "-i", images, "-d", did, "-c", "3d_fullres", "-p", PLANS, "-tr", TRAINER,
-                  "-f", 0, "-device", args.device],
-        "stock_noTTA": [_bin("nnUNetv2_predict"), "-i", images, "-d", did, "-c", "3d_fullres", "-p", PLANS, "-tr",
-                        TRAINER, "-f", 0, "-device", args.device, "--disable_tta"],
-        "c2f": [_bin("nnunet-ext"), "predict-c2f", "-i", images, "-d", did, "-p", PLANS, "-tr", TRAINER, "-f", 0,
-                "-device", args.device],
+        "stock": [console_script("nnUNetv2_predict"), "-i", images, "-d", did, "-c", "3d_fullres", "-p", PLANS,
+                  "-tr", TRAINER, "-f", 0, "-device", args.device],
+        "stock_noTTA": [console_script("nnUNetv2_predict"), "-i", images, "-d", did, "-c", "3d_fullres", "-p",
+                        PLANS, "-tr", TRAINER, "-f", 0, "-device", args.device, "--disable_tta"],
+        "c2f": [console_script("nnunet-ext"), "predict-c2f", "-i", images, "-d", did, "-p", PLANS, "-tr", TRAINER,
+                "-f", 0, "-device", args.device],
     }
     for tool, cmd in tools.items():
         pred = workdir / f"pred_seed{seed}_{tool}"
@@ -197,7 +181,8 @@ def predict_and_evaluate(args, workdir: Path, did: int, name: str, seed: int) ->
             r["network_share"] = float(np.sum([float(x["network_s"]) for x in rows]) /
                                        np.sum([float(x["total_s"]) for x in rows]))
             r["case_mean_s"] = float(np.mean([float(x["total_s"]) for x in rows]))
-        run([_bin("nnunet-ext"), "evaluate", "-gt", labels, "-pred", pred, "-d", did, "-o", pred.with_name(pred.name + "_eval")])
+        run([console_script("nnunet-ext"), "evaluate", "-gt", labels, "-pred", pred, "-d", did,
+             "-o", pred.with_name(pred.name + "_eval")])
         r["per_case"] = per_case_metrics(pred.with_name(pred.name + "_eval") / "per_case.csv")
         write_json_atomic(meta, r, indent=1)
         out[tool] = r
@@ -279,7 +264,8 @@ def write_report(args, summary: dict, command: str, results_dir: Path) -> Path:
     share = s["c2f"]["network_share"]
     lines += ["", f"predict-c2f per case without model loading (its CSV): {s['c2f']['case_mean_s']:.2f} s, "
                   f"{100 * share:.0f}% of it in the networks.", "",
-              "Goals (issue #12): speed-up >= 5x vs stock (the smaller of wall and CPU): " + ("met" if sp >= 5 else "NOT met") + f" ({sp:.2f}x); "
+              "Goals (issue #12): speed-up >= 5x vs stock (the smaller of wall and CPU): "
+              + ("met" if sp >= 5 else "NOT met") + f" ({sp:.2f}x); "
               "Dice within 1 point: " + ("met" if dp[1] >= -1 and dp[2] <= 1 else
                                           ("met on the mean, the CI is wider" if abs(dp[0]) <= 1 else "NOT met"))
               + f" ({dp[0]:+.2f} [{dp[1]:+.2f}, {dp[2]:+.2f}]); >= 70% of the time in the networks: "

@@ -46,12 +46,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import (add_allocator_argument, allocator_label, bootstrap_median_ci, ensure_allocator,  # noqa: E402
-                      machine, new_record_stem, write_record)
-from bench_hippocampus_fd_quality import _bin, run  # noqa: E402  (console scripts, resumable steps)
-from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
+from common import (REPO, add_allocator_argument, allocator_label, bootstrap_median_ci, dataset_folder,
+                    ensure_allocator, fold0_cases, machine, new_record_stem, run, write_record)
+from common import setup_env as setup_nnunet_folders
+from nnunet_ext.paths import console_script
+
 
 DATASET_ID = 105
 PL_BASE_ID = 150  # pseudo-labelled datasets: 150 + seed
@@ -97,19 +96,13 @@ def prepare(args, workdir: Path, configs) -> dict:
     """Convert, split (labelled / unlabelled / test), plan-small and preprocess (labelled and unlabelled)."""
     import numpy as np
 
-    from nnunet_ext.benchmark.protocol import default_splits
     from nnunet_ext.paths import link_or_copy
 
-    raw = Path(os.environ["nnUNet_raw"])
-    existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
-    if not existing:
-        run([_bin("nnunet-ext"), "convert", "msd_flat", "--source", args.source, "--id", DATASET_ID,
+    if dataset_folder(DATASET_ID) is None:
+        run([console_script("nnunet-ext"), "convert", "msd_flat", "--source", args.source, "--id", DATASET_ID,
              "--name", "HippocampusSemi"])
-        existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
-    folder = existing[0]
-    ids = sorted(p.name[: -len(".nii.gz")] for p in (folder / "labelsTr").glob("*.nii.gz"))
-    fold0 = default_splits(ids)[0]
-    train, test = sorted(fold0["train"]), sorted(fold0["val"])
+    folder = dataset_folder(DATASET_ID)
+    train, test = (sorted(c) for c in fold0_cases(folder / "labelsTr", ".nii.gz"))
     rng = np.random.default_rng(args.split_seed)
     labelled = sorted(rng.choice(train, size=args.labelled, replace=False).tolist())
     unlabelled = [c for c in train if c not in labelled]
@@ -123,9 +116,9 @@ def prepare(args, workdir: Path, configs) -> dict:
     for k, v in lists.items():
         (split_dir / f"{k}.txt").write_text("\n".join(v) + "\n")
     for c in configs:
-        run([_bin("nnunet-ext"), "plan-small", "-d", DATASET_ID, "-gpu_memory_target", args.gpu_memory_target,
+        run([console_script("nnunet-ext"), "plan-small", "-d", DATASET_ID, "-gpu_memory_target", args.gpu_memory_target,
              "-overwrite_plans_name", PLANS, "-c", c])
-    run([_bin("nnunet-ext"), "preprocess-unlabeled", "-d", DATASET_ID, "-c", *configs, "-p", PLANS])
+    run([console_script("nnunet-ext"), "preprocess-unlabeled", "-d", DATASET_ID, "-c", *configs, "-p", PLANS])
     print(f"split: {len(labelled)} labelled / {len(unlabelled)} unlabelled training cases, {len(test)} test cases")
     return {"name": folder.name, "lists": {k: split_dir / f"{k}.txt" for k in lists}, "sizes":
             {k: len(v) for k, v in lists.items()}}
@@ -189,7 +182,8 @@ def time_config(config: str, args) -> dict:
     two = np.asarray(times["stock_1"]) + np.asarray(times["stock_2"])
     ratios = np.asarray(times["cps"]) / two
     med, ci = bootstrap_median_ci(ratios, args.bootstrap)
-    return {"config": config, "batch_size": stock.batch_size, "patch_size": list(stock.configuration_manager.patch_size),
+    return {"config": config, "batch_size": stock.batch_size,
+            "patch_size": list(stock.configuration_manager.patch_size),
             "median_seconds": {"two_stock": float(np.median(two)), "cps": float(np.median(times["cps"]))},
             "ratio": {"median_per_batch": med, "ci95": ci,
                       "quartiles": [float(q) for q in np.percentile(ratios, [25, 75])]},
@@ -202,7 +196,8 @@ def speed(args, info: dict, configs) -> dict:
              "| per-batch ratio: median | 95% CI | quartiles | goal (<= 1.05) |", "|---|---|---|---|---|---|---|---|"]
     for r in result["timing"]:
         v = r["ratio"]
-        lines.append(f"| {r['config']} | {r['batch_size']} x {r['patch_size']} | {r['median_seconds']['two_stock']:.2f} "
+        lines.append(f"| {r['config']} | {r['batch_size']} x {r['patch_size']} | "
+                     f"{r['median_seconds']['two_stock']:.2f} "
                      f"| {r['median_seconds']['cps']:.2f} | {v['median_per_batch']:.3f} | [{v['ci95'][0]:.3f}, "
                      f"{v['ci95'][1]:.3f}] | [{v['quartiles'][0]:.3f}, {v['quartiles'][1]:.3f}] | "
                      f"{'met' if v['ci95'][1] <= 1.05 else 'not met'} |")
@@ -217,9 +212,10 @@ SEMI = "nnUNetTrainer,nnUNetTrainerCPS,nnUNetTrainerCPS_UIF"
 
 
 def bench(args, dataset, trainers, train_list, test_list, out: Path, records=None, env=None) -> dict:
-    cmd = [_bin("nnunet-ext"), "benchmark", "-d", dataset, "-c", args.configuration, "-p", PLANS, "-tr", trainers,
-           "--seeds", args.seeds, "--iterations", args.iterations, "--iterations-per-epoch", args.iterations_per_epoch,
-           "--train-list", train_list, "--test-list", test_list, "-o", out, "-device", args.device]
+    cmd = [console_script("nnunet-ext"), "benchmark", "-d", dataset, "-c", args.configuration, "-p", PLANS,
+           "-tr", trainers, "--seeds", args.seeds, "--iterations", args.iterations,
+           "--iterations-per-epoch", args.iterations_per_epoch, "--train-list", train_list, "--test-list", test_list,
+           "-o", out, "-device", args.device]
     if records is not None:
         cmd += ["--records", records]
     run(cmd, env)
@@ -260,8 +256,7 @@ def pseudo_label_route(args, s: str, lists: dict, workdir: Path, records) -> dic
             return summ
     one = argparse.Namespace(**{**vars(args), "seeds": s})
     target = PL_BASE_ID + int(s)
-    raw = Path(os.environ["nnUNet_raw"])
-    if not list(raw.glob(f"Dataset{target:03d}_*")):
+    if dataset_folder(target) is None:
         semi_out = workdir / "bench_semi"
         proto = json.loads((semi_out / "protocol.json").read_text())
         model = (semi_out / "runs" / f"seed{s}" / proto["dataset_name"] /
@@ -271,14 +266,14 @@ def pseudo_label_route(args, s: str, lists: dict, workdir: Path, records) -> dic
             bench(one, DATASET_ID, "nnUNetTrainer", lists["labelled"], lists["test"], semi_out)
         env = ext_trainer_env([semi_out / "trainers"])
         env["nnUNet_results"] = str(semi_out / "runs" / f"seed{s}")
-        run([_bin("nnunet-ext"), "pseudo-label", "-d", DATASET_ID, "-c", args.configuration, "-p", PLANS,
+        run([console_script("nnunet-ext"), "pseudo-label", "-d", DATASET_ID, "-c", args.configuration, "-p", PLANS,
              "-tr", "nnUNetTrainer__bench", "-f", proto["fold"], "--target-id", target, "--target-name",
              f"HippocampusPLseed{s}", "--keep", args.pl_keep, "--disable-tta", "-device", args.device], env)
-    new = sorted(raw.glob(f"Dataset{target:03d}_*"))[0]
+    new = dataset_folder(target)
     kept = [c for c, r in json.loads((new / "pseudo_labels.json").read_text())["cases"].items() if r["kept"]]
     train_pl = workdir / "split" / f"labelled_plus_pseudo_seed{s}.txt"
     train_pl.write_text("\n".join(Path(lists["labelled"]).read_text().split() + kept) + "\n")
-    run([_bin("nnunet-ext"), "plan-small", "-d", target, "-gpu_memory_target", args.gpu_memory_target,
+    run([console_script("nnunet-ext"), "plan-small", "-d", target, "-gpu_memory_target", args.gpu_memory_target,
          "-overwrite_plans_name", PLANS, "-c", args.configuration])
     return bench(one, target, "nnUNetTrainer", train_pl, lists["test"], workdir / f"bench_pl_seed{s}",
                  pl_rec)["summary"]
@@ -374,7 +369,8 @@ def quality_markdown(q: dict, info: dict) -> str:
                      f"{d['mean'] / gap_all:.2f} [{d['ci_low'] / gap_all:.2f}, {d['ci_high'] / gap_all:.2f}] |")
     s = info["sizes"]
     lines += ["", f"{s['labelled']} labelled / {s['unlabelled']} unlabelled training cases, {s['test']} test cases "
-              "(fold 0 of nnU-Net's default split); Dice = mean over seeds of the mean over test cases. Paired per-case "
+              "(fold 0 of nnU-Net's default split); Dice = mean over seeds of the mean over test cases. "
+              "Paired per-case "
               "differences with bootstrap CIs are in each benchmark's benchmark.md (bench_semi, bench_upper, "
               "bench_pl_seed*)."]
     return "\n".join(lines)

@@ -27,15 +27,16 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from nnunet_ext.atomic_io import write_json_atomic, write_text_atomic
+from common import (REPO, add_allocator_argument, allocator_label, bootstrap_median_ci, command_line,
+                    dataset_folder, ensure_allocator, machine, new_record_stem, setup_env, write_record)
 
-REPO = Path(__file__).resolve().parent.parent
+#: bench_gms.py and gpu_check.py import these from here (kept for them; the other scripts import them from common)
+__all__ = ["machine", "write_record", "new_record_stem"]
 DATASET_ID = 104
 STOCK = "nnUNetTrainer"
 
@@ -57,60 +58,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-CACHING_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
-
-
-def add_allocator_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allocator", choices=("caching", "default"), default="caching",
-                   help="caching: glibc's malloc keeps freed memory for reuse (MALLOC_MMAP_MAX_=0, "
-                        "MALLOC_TRIM_THRESHOLD_=64 GiB), as PyTorch's CUDA allocator does on a GPU; default: glibc's "
-                        "defaults, where every map larger than 32 MiB is fresh memory the kernel faults in and zeroes "
-                        "(on this machine about half of a CPU step's time, and most of its noise)")
-
-
-def ensure_allocator(args, argv, script: str = __file__) -> None:
-    """Re-run ``script`` with the caching malloc settings in its environment (glibc reads them at start)."""
-    if args.allocator == "caching" and any(os.environ.get(k) != v for k, v in CACHING_MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, os.path.abspath(script)] + list(argv),
-                  {**os.environ, **CACHING_MALLOC_ENV})
-
-
-def allocator_label(args) -> str:
-    if args.allocator == "default":
-        return "default (glibc)"
-    return "caching (" + " ".join(f"{k}={v}" for k, v in CACHING_MALLOC_ENV.items()) + ")"
-
-
-def setup_env(workdir: Path):
-    for k, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-        os.environ[k] = str(workdir / sub)
-        (workdir / sub).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("nnUNet_def_n_proc", "2")
-
-
 def prepare(args, configs) -> str:
     from nnunet_ext.conversion.msd import convert_msd_flat
+    from nnunet_ext.paths import console_script
 
-    raw = Path(os.environ["nnUNet_raw"])
-    existing = list(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
-    folder = str(existing[0]) if existing else convert_msd_flat(args.source, DATASET_ID, raw_root=str(raw))
+    existing = dataset_folder(DATASET_ID)
+    folder = str(existing) if existing else convert_msd_flat(args.source, DATASET_ID, raw_root=os.environ["nnUNet_raw"])
     name = Path(folder).name
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
     missing = [c for c in configs if not (pre / f"nnUNetPlans_{c}").is_dir()]
     if missing:
-        subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
+        subprocess.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
                         "-c", *missing, "-npfp", "2", "-np", "2"], check=True)
     return name
-
-
-def bootstrap_median_ci(ratios, n_boot: int, seed: int = 0):
-    """Median of ``ratios`` and its 95% percentile-bootstrap interval (resampling the batches)."""
-    import numpy as np
-
-    r = np.asarray(ratios, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    meds = np.median(r[rng.integers(0, len(r), size=(n_boot, len(r)))], axis=1)
-    return float(np.median(r)), [float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))]
 
 
 def time_config(config: str, trainer_names, args) -> dict:
@@ -163,47 +123,10 @@ def time_config(config: str, trainer_names, args) -> dict:
     return out
 
 
-def new_record_stem(stem: Path) -> Path:
-    """``stem``, or ``stem_run2``, ``stem_run3``, ...: the first whose ``.json`` and ``.md`` do not exist yet.
-
-    Results are named by date; a second run on the same day gets its own files instead of replacing the
-    first run's record.
-    """
-    stem, n = Path(stem), 1
-    candidate = stem
-    while candidate.with_suffix(".json").exists() or candidate.with_suffix(".md").exists():
-        n += 1
-        candidate = stem.with_name(f"{stem.name}_run{n}")
-    return candidate
-
-
-def write_record(stem: Path, data: dict, markdown: str, indent: int = 2, **json_kwargs) -> None:
-    """Write a result record: ``stem.json`` (``json.dumps(data, indent=indent, **json_kwargs)``) and then
-    ``stem.md`` (``markdown`` as given), each atomically (:mod:`nnunet_ext.atomic_io`): the .json first, then the .md.
-    """
-    stem = Path(stem)
-    write_json_atomic(stem.with_suffix(".json"), data, indent=indent, **json_kwargs)
-    write_text_atomic(stem.with_suffix(".md"), markdown)
-
-
-def machine() -> str:
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, device {dev}"
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    ensure_allocator(args, argv)
+    ensure_allocator(args, argv, __file__)
     if not Path(args.source).is_dir():
         sys.exit(f"Hippocampus source not found: {args.source} (expected images/ and labels/ of MSD Task04); "
                  f"pass --source")
@@ -214,7 +137,7 @@ def main(argv=None):
     configs = [c for c in args.configs.split(",") if c]
     trainer_names = [t for t in args.trainers.split(",") if t]
     name = prepare(args, configs)
-    result = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + argv),
+    result = {"command": command_line(__file__, argv),
               "allocator": allocator_label(args),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
               "dataset": name, "batches": args.batches, "warmup": args.warmup, "timing": []}

@@ -34,6 +34,7 @@ Across sessions: every finished run's results and both timings are kept in ``--r
 session with an empty workdir restores them instead of re-running.
 
     python benchmarks/bench_gms.py --dataset kvasir --iterations 1000 --seeds 0,1,2
+    python benchmarks/bench_gms.py --dataset kvasir --size 128 --iterations 1000 --seeds 0,1,2   # CPU-sized
     python benchmarks/bench_gms.py --dataset hippocampus --iterations 1000 --seeds 0,1,2
 """
 from __future__ import annotations
@@ -48,14 +49,10 @@ import time
 from pathlib import Path
 
 from nnunet_ext.atomic_io import write_json_atomic
+from common import REPO, SHARED, converted_and_planned_2d, machine, run, write_record
+from common import setup_env as setup_nnunet_folders
+from nnunet_ext.paths import console_script
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, write_record  # noqa: E402
-from bench_hippocampus_fd_quality import _bin, converted_and_planned_2d, run  # noqa: E402
-from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
-
-SHARED = REPO.parent / "shared"
 DATASETS = {  # name: (id, converter, source, raw file ending of the labels)
     "kvasir": (131, "kvasir_seg", SHARED / "data" / "kvasir_seg_256", ".png"),
     "hippocampus": (132, "msd_flat", SHARED / "data" / "msd_hippocampus", ".nii.gz"),
@@ -70,6 +67,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=sorted(DATASETS), default="kvasir")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="kvasir only: resample the images to PX x PX before conversion (a reduced size that fits a "
+                        "CPU; GMS's paper trains at 224 px); default: the source's 256 px")
     p.add_argument("--workdir", default=None, help="default: benchmarks/workdir/gms_<dataset>")
     p.add_argument("--vae", default=str(SHARED / "weights" / "taesd"), help="VAE folder ($nnUNet_ext_vae)")
     p.add_argument("--iterations", type=int, default=1000, help="training iterations per run (the budget)")
@@ -91,17 +91,47 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------------------------- preparation
-def prepare(args) -> dict:
+def resampled_source(source: Path, size: int, workdir: Path) -> Path:
+    """A copy of a Kvasir-SEG folder (``images/*.jpg``, ``masks/*.jpg``) at ``size`` x ``size`` pixels in
+    ``WORKDIR/source_<size>``: images resampled with PIL's area-averaging filter (box) and written as lossless PNG;
+    masks binarised at > 127 first, box-resampled and thresholded at one half, written as 0/255 PNG. The source is
+    only read. Skipped when the copy is complete."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from nnunet_ext.atomic_io import replace_atomic
+
+    out = workdir / f"source_{size}"
+    names = sorted(p.name for p in (source / "images").glob("*.jpg"))
+    todo = [n for n in names if not (out / "masks" / (Path(n).stem + ".png")).is_file()]
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for n in tqdm(todo, desc=f"resampling {source.name} to {size} px", unit="image"):
+        img = Image.open(source / "images" / n).convert("RGB").resize((size, size), Image.BOX)
+        mask = Image.open(source / "masks" / n).convert("L").point(lambda v: 255 if v > 127 else 0)
+        mask = mask.resize((size, size), Image.BOX).point(lambda v: 255 if v >= 128 else 0)
+        stem = Path(n).stem
+        replace_atomic(out / "images" / f"{stem}.png", lambda t: img.save(t, format="PNG"), ".png")
+        # the mask last: its presence marks the pair as done
+        replace_atomic(out / "masks" / f"{stem}.png", lambda t: mask.save(t, format="PNG"), ".png")
+    return out
+
+
+def prepare(args, workdir: Path) -> dict:
     """Convert, plan, plan-gms and the benchmark configuration (each step skipped when done)."""
     ds_id, converter, source, _ = DATASETS[args.dataset]
     if not source.is_dir():
         sys.exit(f"{args.dataset}: source {source} not found (../shared/data)")
+    if args.size:
+        if args.dataset != "kvasir":
+            sys.exit("--size applies to --dataset kvasir only")
+        source = resampled_source(source, args.size, workdir)
     if not Path(args.vae).is_dir():
         sys.exit(f"VAE folder {args.vae} not found: pass --vae (e.g. TAESD's two safetensors files)")
     name, pre, plans_file = converted_and_planned_2d(ds_id, converter, source, PLANS)
     plans = json.loads(plans_file.read_text())
     if "gms_2d" not in plans["configurations"]:
-        run([_bin("nnunet-ext"), "plan-gms", "-d", ds_id])
+        run([console_script("nnunet-ext"), "plan-gms", "-d", ds_id])
         plans = json.loads(plans_file.read_text())
     want = {"inherits_from": "2d", "patch_size": plans["configurations"]["gms_2d"]["patch_size"]}
     if args.batch_size > 0:
@@ -249,6 +279,17 @@ def time_inference(info: dict, models: dict, fold: int, test_cases: list, args, 
 
 
 # --------------------------------------------------------------------------------------------- report
+def paper_scale(r: dict, p: dict) -> str:
+    """The run's image size and budget beside GMS's paper (224 px, 1000 epochs, batch 8)."""
+    n_train = len(p["train_cases"])
+    iters = p["num_epochs"] * p["iterations_per_epoch"]
+    epochs = iters * r["batch_size"] / max(1, n_train)
+    size = f"{r['size']} px (the 256 px source resampled)" if r.get("size") else f"patch {r['patch_size']}"
+    return (f"Scale against GMS's paper: images {size} vs the paper's 224 px; budget {iters} iterations of batch "
+            f"{r['batch_size']} = {epochs:.1f} passes over the {n_train} training images vs the paper's 1000 epochs "
+            f"(batch 8). The figures below are for this reduced budget, not the paper's.")
+
+
 def markdown(r: dict) -> str:
     b, tr, inf = r["benchmark"], r["timing_train"], r["timing_inference"]
     summ, ref, gms = b["summary"], r["trainers"]["stock"], r["trainers"]["gms"]
@@ -269,7 +310,7 @@ def markdown(r: dict) -> str:
              f"fold {p['fold']} ({len(p['train_cases'])} training / {len(p['test_cases'])} test cases), "
              f"{p['num_epochs']} epochs x {p['iterations_per_epoch']} iterations per run, seeds {r['seeds']}, no "
              f"test-time mirroring. GMS: `{gms}` (frozen VAE `{r['vae']}`, warm-up {r['gms_warmup_epochs']} epochs); "
-             f"stock: `{ref}` (nnU-Net's SGD, poly schedule).", "",
+             f"stock: `{ref}` (nnU-Net's SGD, poly schedule).", "", paper_scale(r, p), "",
              "| trainer | trainable parameters | Dice (mean of classes, mean ± sd over seeds) | ΔDice vs stock "
              "[95% CI] | s / training iteration | inference s / image |", "|---|---|---|---|---|---|"]
     for t, key in ((ref, STOCK), (gms, GMS)):
@@ -298,11 +339,12 @@ def main(argv=None):
     if args.device is None:
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    workdir = Path(args.workdir or REPO / "benchmarks" / "workdir" / f"gms_{args.dataset}").resolve()
+    label = f"{args.dataset}{args.size or ''}"  # e.g. kvasir128: its own workdir, records and result files
+    workdir = Path(args.workdir or REPO / "benchmarks" / "workdir" / f"gms_{label}").resolve()
     setup_nnunet_folders(workdir)
     os.environ["nnUNet_ext_vae"] = str(Path(args.vae).resolve())
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    info = prepare(args)
+    info = prepare(args, workdir)
     train_f, test_f = write_split(info, args, workdir)
     num_epochs = -(-args.iterations // args.iterations_per_epoch)
     gms, gms_dir, warmup = gms_trainer(workdir, num_epochs)
@@ -312,9 +354,9 @@ def main(argv=None):
 
     out = workdir / "benchmark"
     if args.records is None:
-        args.records = str(REPO / "benchmarks" / "results" / "records" / f"gms_{args.dataset}")
+        args.records = str(REPO / "benchmarks" / "results" / "records" / f"gms_{label}")
     records = Path(args.records).resolve() if args.records else workdir
-    bench_cmd = [_bin("nnunet-ext"), "benchmark", "-d", info["id"], "-c", CONFIG, "-p", PLANS, "-tr", f"{STOCK},{gms}",
+    bench_cmd = [console_script("nnunet-ext"), "benchmark", "-d", info["id"], "-c", CONFIG, "-p", PLANS, "-tr", f"{STOCK},{gms}",
                  "--seeds", ",".join(map(str, seeds)), "--iterations", args.iterations,
                  "--iterations-per-epoch", min(args.iterations_per_epoch, args.iterations),
                  "--train-list", train_f, "--test-list", test_f, "-o", out, "-device", args.device]
@@ -353,7 +395,8 @@ def main(argv=None):
     date = _dt.datetime.now().isoformat(timespec="seconds")
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
                                    [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
-    result = {"command": command, "date": date, "machine": machine(), "dataset": args.dataset, "workdir": str(workdir),
+    result = {"command": command, "date": date, "machine": machine(), "dataset": args.dataset, "size": args.size,
+              "workdir": str(workdir),
               "goal": GOAL, "verdict": verdict, "vae": str(Path(args.vae).resolve()), "seeds": seeds,
               "batch_size": info["batch_size"], "patch_size": info["patch_size"], "plan_2d": info["plan_2d"],
               "gms_warmup_epochs": warmup, "trainers": {"stock": STOCK, "gms": gms},
@@ -362,7 +405,7 @@ def main(argv=None):
               "benchmark_markdown": (out / "benchmark.md").read_text()}
     res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
-    stem = res_dir / f"gms_{args.dataset}_{date[:10]}"
+    stem = res_dir / f"gms_{label}_{date[:10]}"
     md = markdown(result)
     write_record(stem, result, md)
     print(md)

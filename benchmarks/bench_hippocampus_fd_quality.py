@@ -29,20 +29,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import csv
-import gzip
-import io
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from bench_fd import write_record
-from nnunet_ext.atomic_io import replace_atomic
+from common import (REPO, command_line, converted_and_planned_2d, dataset_folder, fold0_cases, machine,
+                    robustness_of_seed, robustness_over_seeds, run, setup_env, write_case_lists, write_record)
+from nnunet_ext.paths import console_script
 
-REPO = Path(__file__).resolve().parent.parent
+#: bench_gms.py imports these from here (kept for it; the other scripts import them from common)
+_bin = console_script
+__all__ = ["_bin", "converted_and_planned_2d", "run", "setup_env"]
+
 DATASET_ID = 4
 
 
@@ -77,49 +77,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _bin(name: str) -> str:
-    cand = Path(sys.executable).parent / name
-    return str(cand) if cand.exists() else name
-
-
-def run(cmd, env=None) -> None:
-    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
-    rc = subprocess.call([str(c) for c in cmd], env=env)
-    if rc != 0:
-        sys.exit(f"failed (exit code {rc}): {' '.join(map(str, cmd))}\nre-run the same command to continue")
-
-
-def converted_and_planned_2d(ds_id: int, converter: str, source: Path, plans: str = "nnUNetPlans") -> tuple:
-    """Convert ``source`` with ``nnunet-ext convert CONVERTER`` to DatasetXXX in $nnUNet_raw and run nnU-Net's
-    2d planning and preprocessing, each step skipped when done. Returns (dataset name, preprocessed folder,
-    plans file)."""
-    raw = Path(os.environ["nnUNet_raw"])
-    if not list(raw.glob(f"Dataset{ds_id:03d}_*")):
-        run([_bin("nnunet-ext"), "convert", converter, "--source", source, "--id", ds_id])
-    name = next(raw.glob(f"Dataset{ds_id:03d}_*")).name
-    pre = Path(os.environ["nnUNet_preprocessed"]) / name
-    plans_file = pre / f"{plans}.json"
-    if not plans_file.is_file() or not list((pre / f"{plans}_2d").glob("*.b2nd")):
-        run([_bin("nnUNetv2_plan_and_preprocess"), "-d", ds_id, "-c", "2d", "-np", 2])
-    return name, pre, plans_file
-
-
-def setup_env(workdir: Path) -> None:
-    for k, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-        os.environ[k] = str(workdir / sub)
-        (workdir / sub).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("nnUNet_def_n_proc", "2")
-
-
 def prepare(args, workdir: Path) -> str:
-    raw = Path(os.environ["nnUNet_raw"])
-    existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
-    if not existing:
-        run([_bin("nnunet-ext"), "convert", "msd_flat", "--source", args.source, "--id", DATASET_ID])
-        existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
-    name = existing[0].name
+    if dataset_folder(DATASET_ID) is None:
+        run([console_script("nnunet-ext"), "convert", "msd_flat", "--source", args.source, "--id", DATASET_ID])
+    name = dataset_folder(DATASET_ID).name
     if args.plans == "nnUNetPlans_small":
-        run([_bin("nnunet-ext"), "plan-small", "-d", DATASET_ID, "-gpu_memory_target", args.gpu_memory_target,
+        run([console_script("nnunet-ext"), "plan-small", "-d", DATASET_ID, "-gpu_memory_target", args.gpu_memory_target,
              "-overwrite_plans_name", args.plans, "-c", args.configuration])
     elif not (Path(os.environ["nnUNet_preprocessed"]) / name / f"{args.plans}.json").is_file():
         sys.exit(f"plans {args.plans} not found in {os.environ['nnUNet_preprocessed']}/{name}: plan and preprocess "
@@ -130,88 +93,11 @@ def prepare(args, workdir: Path) -> str:
 
 def write_split(workdir: Path, name: str) -> tuple:
     """Fold 0 of nnU-Net's default split (208 / 52 cases), as case lists in WORKDIR/split/."""
-    from nnunet_ext.benchmark.protocol import default_splits
-
-    labels = Path(os.environ["nnUNet_raw"]) / name / "labelsTr"
-    ids = sorted(p.name[: -len(".nii.gz")] for p in labels.glob("*.nii.gz"))
-    fold0 = default_splits(ids)[0]
-    d = workdir / "split"
-    d.mkdir(exist_ok=True)
-    train, test = d / "train.txt", d / "test.txt"
-    train.write_text("\n".join(fold0["train"]) + "\n")
-    test.write_text("\n".join(fold0["val"]) + "\n")
-    print(f"split: {len(fold0['train'])} training / {len(fold0['val'])} test cases "
-          f"(fold 0 of nnU-Net's default 5-fold split), {d}")
-    return train, test
-
-
-def robustness_of_seed(args, out: Path, workdir: Path, seed: str, records, dataset=DATASET_ID) -> dict:
-    """``nnunet-ext robustness`` on the seed's models of the benchmark in ``out`` (resumable), its tables kept in
-    RECORDS/robustness/seed<s>/. Uses ``args.trainers``, ``args.configuration``, ``args.plans``, ``args.device``
-    and ``args.robustness_args``. Recorded tables are used as they are (a later session has no models)."""
-    rec = records / "robustness" / f"seed{seed}" if records is not None else None
-    rob_out = workdir / "robustness" / f"seed{seed}"
-    if rec is not None and (rec / "robustness.md").is_file():
-        print(f"robustness of seed {seed}: recorded in {rec} (kept)")
-        return {"folder": str(rec), "markdown": (rec / "robustness.md").read_text(),
-                "per_case": str(rec / "robustness_per_case.csv.gz")}
-    from nnunet_ext.paths import ext_trainer_env
-    bench = json.loads((out / "benchmark.json").read_text())
-    fold, name = bench["protocol"]["fold"], bench["protocol"]["dataset_name"]
-    variants = [t.strip() + "__bench" for t in args.trainers.split(",") if t.strip()]
-    seed_dir = out / "runs" / f"seed{seed}"
-    missing = [v for v in variants if not (seed_dir / name / f"{v}__{args.plans}__{args.configuration}" /
-                                           f"fold_{fold}" / "checkpoint_final.pth").is_file()]
-    if missing:
-        print(f"robustness of seed {seed}: skipped, no models of {', '.join(missing)} in {seed_dir} (runs restored "
-              f"from records) and no recorded tables in {rec}")
-        return {"folder": None, "markdown": None}
-    env = ext_trainer_env([out / "trainers"])
-    env["nnUNet_results"] = str(seed_dir)
-    run([_bin("nnunet-ext"), "robustness", "-d", dataset, "-c", args.configuration, "-tr", ",".join(variants),
-         "-f", fold, "-p", args.plans, "-o", rob_out, "-device", args.device,
-         *shlex.split(args.robustness_args)], env=env)
-    md = rob_out / "robustness.md"
-    if rec is not None:
-        rec.mkdir(parents=True, exist_ok=True)
-        # robustness.md last: it marks the record complete; the per-case table compressed (~10x smaller)
-        for f, dst in (("robustness.csv", "robustness.csv"), ("robustness.png", "robustness.png"),
-                       ("robustness_per_case.csv", "robustness_per_case.csv.gz"), ("robustness.md", "robustness.md")):
-            if (rob_out / f).is_file():
-                data = (rob_out / f).read_bytes()
-                data = gzip.compress(data, mtime=0) if dst.endswith(".gz") else data
-                replace_atomic(rec / dst, lambda tmp, data=data: Path(tmp).write_bytes(data))
-    return {"folder": str(rob_out), "markdown": md.read_text() if md.is_file() else None,
-            "per_case": str(rob_out / "robustness_per_case.csv")}
-
-
-def robustness_over_seeds(robustness: dict, trainers: list) -> tuple:
-    """Per corruption, over all seeds with tables: Dice per trainer and the paired per-case difference against the
-    first trainer with a 95% bootstrap CI (:mod:`nnunet_ext.robustness.compare`). Returns (result, markdown)."""
-    from nnunet_ext.robustness.compare import compare_under_corruptions, comparison_markdown
-    rows, seeds = [], []
-    for s, r in robustness.items():
-        path = Path(r.get("per_case") or "")
-        if not path.is_file():
-            continue
-        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-        variants = {t + "__bench": t for t in trainers}
-        rows += [dict(q, seed=s, trainer=variants.get(q["trainer"], q["trainer"]))
-                 for q in csv.DictReader(io.StringIO(text))]
-        seeds.append(s)
-    if not rows:
-        return None, ""
-    cmp = compare_under_corruptions(rows, trainers)
-    md = (f"Mean foreground Dice per corruption over seeds {', '.join(seeds)}, severities >= 1 (clean: the unmodified "
-          f"test images), cases and classes; difference against {trainers[0]} paired by case, class, seed and "
-          f"severity, averaged per case, mean over cases with a 95% bootstrap CI (cases resampled).\n\n"
-          + comparison_markdown(cmp))
-    return {"seeds": seeds, "per_corruption": cmp}, md
-
-
-def machine(device: str) -> str:
-    from nnunet_ext.benchmark.report import machine as m
-    return m(device)
+    train, test = fold0_cases(Path(os.environ["nnUNet_raw"]) / name / "labelsTr", ".nii.gz")
+    lists = write_case_lists(workdir / "split", {"train": train, "test": test})
+    print(f"split: {len(train)} training / {len(test)} test cases (fold 0 of nnU-Net's default 5-fold split), "
+          f"{workdir / 'split'}")
+    return lists["train"], lists["test"]
 
 
 def main(argv=None):
@@ -230,7 +116,7 @@ def main(argv=None):
     records = Path(args.records).resolve() if args.records else None
 
     def bench_cmd(seeds: str) -> list:
-        cmd = [_bin("nnunet-ext"), "benchmark", "-d", DATASET_ID, "-c", args.configuration, "-p", args.plans,
+        cmd = [console_script("nnunet-ext"), "benchmark", "-d", DATASET_ID, "-c", args.configuration, "-p", args.plans,
                "-tr", args.trainers, "--seeds", seeds, "--iterations", args.iterations,
                "--iterations-per-epoch", args.iterations_per_epoch, "--train-list", train, "--test-list", test,
                "-o", out, "-device", args.device]
@@ -248,14 +134,13 @@ def main(argv=None):
     for s in seeds:  # one seed at a time: its robustness runs while its models exist
         run(bench_cmd(s))
         if not args.no_robustness and s in rob_seeds:
-            robustness[s] = robustness_of_seed(args, out, workdir, s, records)
+            robustness[s] = robustness_of_seed(args, out, workdir, s, records, DATASET_ID)
     run(bench_cmd(",".join(seeds)))  # the report over all seeds (every run kept or restored from the records)
     bench = json.loads((out / "benchmark.json").read_text())
     final_cmd = bench_cmd(",".join(seeds))
 
     date = _dt.datetime.now().isoformat(timespec="seconds")
-    command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
-                                   [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     trainer_list = [t.strip() for t in args.trainers.split(",") if t.strip()]
     rob_cmp, rob_cmp_md = robustness_over_seeds(robustness, trainer_list)
     result = {"command": command, "date": date, "machine": machine(args.device), "workdir": str(workdir),

@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import bootstrap_median_ci, machine, new_record_stem, write_record  # noqa: E402
-from bench_hippocampus_fd_quality import _bin, run  # noqa: E402
-from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
+from common import REPO, bootstrap_median_ci, command_line, dataset_folder, machine, new_record_stem, run, write_record
+from common import setup_env as setup_nnunet_folders
+from nnunet_ext.paths import console_script
+
 
 DATASET_ID = 106
 PLANS = "nnUNetPlans_small"
@@ -49,13 +47,13 @@ def parse_args(argv=None):
 
 
 def prepare(args) -> None:
-    raw = Path(os.environ["nnUNet_raw"])
-    if not list(raw.glob(f"Dataset{DATASET_ID:03d}_*")):
-        run([_bin("nnunet-ext"), "convert", "msd_flat", "--source", args.source, "--id", DATASET_ID,
+    if dataset_folder(DATASET_ID) is None:
+        run([console_script("nnunet-ext"), "convert", "msd_flat", "--source", args.source, "--id", DATASET_ID,
              "--name", "HippocampusS2S2"])
-    run([_bin("nnunet-ext"), "plan-small", "-d", DATASET_ID, "-overwrite_plans_name", PLANS, "-c", args.configuration])
-    run([_bin("nnunet-ext"), "s2s2-generate", "-d", DATASET_ID, "-c", args.configuration, "-p", PLANS, "-k", args.k,
-         "-q"])
+    run([console_script("nnunet-ext"), "plan-small", "-d", DATASET_ID, "-overwrite_plans_name", PLANS,
+         "-c", args.configuration])
+    run([console_script("nnunet-ext"), "s2s2-generate", "-d", DATASET_ID, "-c", args.configuration, "-p", PLANS,
+         "-k", args.k, "-q"])
 
 
 def time_steps(args) -> dict:
@@ -127,8 +125,7 @@ def main(argv=None):
     r = time_steps(args)
     gin = gin_throughput(args.gin_images)
     date = _dt.datetime.now().isoformat(timespec="seconds")
-    command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
-                                   [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     v = r["ratio"]
     lines = ["| config | batch x patch | stock s/it | S2S2 s/it | per-batch ratio: median | 95% CI | quartiles | "
              "target (<= 2.1) |", "|---|---|---|---|---|---|---|---|",

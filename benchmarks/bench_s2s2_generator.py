@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, new_record_stem, write_record  # noqa: E402
+from common import REPO, command_line, machine, new_record_stem, write_record
 
 MODELS = {"default": {"block_channels": (64, 128, 256), "layers_per_block": 2},
           "tiny": {"block_channels": (8, 16), "layers_per_block": 1}}
@@ -116,8 +111,7 @@ def main(argv=None):
             rows.append(r)
     gin_rates = {size: gin(size) for size in sizes}
     date = _dt.datetime.now().isoformat(timespec="seconds")
-    command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
-                                   [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [f"| generator | parameters | image | tune: steps/s (batch {args.batch_size}) | tune: images/s | "
              f"sample: images/s ({args.ddim_steps} DDIM steps) |", "|---|---|---|---|---|---|"]
     for r in rows:

@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
-import shlex
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, new_record_stem, write_record  # noqa: E402
+from common import REPO, SHARED, command_line, machine, new_record_stem, write_record
+
 
 
 def parse_args(argv=None):
@@ -105,7 +100,7 @@ def main(argv=None):
                          "psnr_ci95": [float(lo), float(hi)], "psnr_min": float(np.min(per[u])),
                          "latent_positions_per_pixel": float(np.mean(grids[u]) / np.mean(sizes))})
     date = _dt.datetime.now().isoformat(timespec="seconds")
-    command = "python " + " ".join([os.path.relpath(__file__, REPO)] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
+    command = command_line(__file__, argv)
     res = {"command": command, "date": date, "machine": machine(), "vae": str(Path(args.vae).resolve()), "rows": rows}
     lines = ["# S2S2 generator in a VAE's latent space: the VAE's round-trip ceiling", "",
              f"Command: `{command}`  ", f"Date: {date}  ", f"Machine: {res['machine']}  ", f"VAE: `{res['vae']}`", "",

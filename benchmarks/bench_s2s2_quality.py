@@ -42,17 +42,12 @@ import shlex
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import write_record  # noqa: E402
-from bench_hippocampus_fd_quality import (_bin, machine, robustness_of_seed, robustness_over_seeds,  # noqa: E402
-                                          run, setup_env)
+from common import (REPO, SOURCES, command_line, dataset_folder, machine, robustness_of_seed, robustness_over_seeds,
+                    run, setup_env, write_case_lists, write_record)
+from nnunet_ext.atomic_io import write_json_atomic
+from nnunet_ext.paths import console_script
 
-DATASETS = {  # name: (id, converter, source, raw file ending of the labels)
-    "kvasir": (141, "kvasir_seg", SHARED / "data" / "kvasir_seg_256", ".png"),
-    "hippocampus": (142, "msd_flat", SHARED / "data" / "msd_hippocampus", ".nii.gz"),
-}
+DATASETS = {"kvasir": (141, *SOURCES["kvasir"]), "hippocampus": (142, *SOURCES["hippocampus"])}  # (id, *source)
 STOCK = "nnUNetTrainer"
 GOAL = "S2S2 at least as good as stock on clean data and better under corruption"
 
@@ -90,26 +85,21 @@ def prepare(args) -> dict:
     ds_id, converter, source, fe = DATASETS[args.dataset]
     if not source.is_dir():
         sys.exit(f"{args.dataset}: source {source} not found (../shared/data); nothing to benchmark")
-    raw = Path(os.environ["nnUNet_raw"])
-    if not list(raw.glob(f"Dataset{ds_id:03d}_*")):
-        run([_bin("nnunet-ext"), "convert", converter, "--source", source, "--id", ds_id])
-    name = next(raw.glob(f"Dataset{ds_id:03d}_*")).name
-    run([_bin("nnunet-ext"), "plan-small", "-d", ds_id, "-gpu_memory_target", args.gpu_memory_target,
+    if dataset_folder(ds_id) is None:
+        run([console_script("nnunet-ext"), "convert", converter, "--source", source, "--id", ds_id])
+    raw = dataset_folder(ds_id)
+    name = raw.name
+    run([console_script("nnunet-ext"), "plan-small", "-d", ds_id, "-gpu_memory_target", args.gpu_memory_target,
          "-overwrite_plans_name", args.plans, "-c", args.configuration])
-    ids = sorted(p.name[: -len(fe)] for p in (raw / name / "labelsTr").glob(f"*{fe}"))
-    splits = default_splits(ids)
+    ids = sorted(p.name[: -len(fe)] for p in (raw / "labelsTr").glob(f"*{fe}"))
+    splits = [{"train": list(map(str, s["train"])), "val": list(map(str, s["val"]))} for s in default_splits(ids)]
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
     if not (pre / "splits_final.json").is_file():  # what nnUNetv2_train would write; s2s2-tune -f 0 reads it
-        (pre / "splits_final.json").write_text(json.dumps(
-            [{"train": list(map(str, s["train"])), "val": list(map(str, s["val"]))} for s in splits], indent=2))
+        write_json_atomic(pre / "splits_final.json", splits)
     train, test = splits[0]["train"], splits[0]["val"]
     if args.max_test_cases:
         test = test[: args.max_test_cases]
-    d = Path(os.environ["nnUNet_raw"]).parent / "split"
-    d.mkdir(exist_ok=True)
-    lists = {"train": d / "train.txt", "test": d / "test.txt"}
-    for k, cases in (("train", train), ("test", test)):
-        lists[k].write_text("\n".join(map(str, cases)) + "\n")
+    lists = write_case_lists(Path(os.environ["nnUNet_raw"]).parent / "split", {"train": train, "test": test})
     print(f"split: {len(train)} training / {len(test)} test cases (fold 0 of nnU-Net's default split)")
     return {"id": ds_id, "name": name, "lists": lists}
 
@@ -121,13 +111,13 @@ def make_stacks(args, info: dict, generators: list) -> None:
             model = (Path(os.environ["nnUNet_results"]) / info["name"] /
                      f"s2s2_generator__diffusion__{args.plans}__{args.configuration}" / "fold_0")
             if not (model / "unet").is_dir():
-                tune = [_bin("nnunet-ext"), "s2s2-tune", "-d", info["id"], "-c", args.configuration, "-f", 0,
+                tune = [console_script("nnunet-ext"), "s2s2-tune", "-d", info["id"], "-c", args.configuration, "-f", 0,
                         "-p", args.plans, "--steps", args.tune_steps, "-device", args.device]
                 if (model / "checkpoint.pt").is_file():
                     tune.append("--resume")
                 run(tune)
-        cmd = [_bin("nnunet-ext"), "s2s2-generate", "-d", info["id"], "-c", args.configuration, "-p", args.plans,
-               "-k", args.copies, "--generator", g, "-device", args.device]
+        cmd = [console_script("nnunet-ext"), "s2s2-generate", "-d", info["id"], "-c", args.configuration,
+               "-p", args.plans, "-k", args.copies, "--generator", g, "-device", args.device]
         if g == "diffusion":
             cmd += ["-f", 0]
         run(cmd)
@@ -154,7 +144,7 @@ def main(argv=None):
     out = workdir / "benchmark"
 
     def bench_cmd(seeds: str) -> list:
-        cmd = [_bin("nnunet-ext"), "benchmark", "-d", info["id"], "-c", args.configuration, "-p", args.plans,
+        cmd = [console_script("nnunet-ext"), "benchmark", "-d", info["id"], "-c", args.configuration, "-p", args.plans,
                "-tr", args.trainers, "--seeds", seeds, "--iterations", args.iterations,
                "--iterations-per-epoch", min(args.iterations_per_epoch, args.iterations),
                "--train-list", info["lists"]["train"], "--test-list", info["lists"]["test"], "-o", out,
@@ -173,8 +163,7 @@ def main(argv=None):
     rob_cmp, rob_md = robustness_over_seeds(robustness, trainers)
 
     date = _dt.datetime.now().isoformat(timespec="seconds")
-    command = "python " + " ".join([os.path.relpath(__file__, REPO)] +
-                                   [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     result = {"command": command, "date": date, "machine": machine(args.device), "dataset": args.dataset,
               "goal": GOAL, "generators": generators, "copies": args.copies,
               "tune_steps": args.tune_steps if "diffusion" in generators else None,

@@ -38,18 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common import REPO, SHARED, SOURCES, converted_and_planned_2d, machine, run, write_record
+from common import setup_env as setup_nnunet_folders
 from nnunet_ext.atomic_io import write_json_atomic
+from nnunet_ext.paths import console_script
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, write_record  # noqa: E402
-from bench_hippocampus_fd_quality import _bin, converted_and_planned_2d, run  # noqa: E402
-from bench_hippocampus_fd_quality import setup_env as setup_nnunet_folders  # noqa: E402
-
-SHARED = REPO.parent / "shared"
 DATASETS = {  # name: (id, converter, source, clusters)
-    "kvasir": (121, "kvasir_seg", SHARED / "data" / "kvasir_seg_256", 2),
-    "hippocampus": (122, "msd_flat", SHARED / "data" / "msd_hippocampus", 3),
+    "kvasir": (121, *SOURCES["kvasir"][:2], 2),
+    "hippocampus": (122, *SOURCES["hippocampus"][:2], 3),
 }
 PLANS = "nnUNetPlans"
 CONFIG = "2d_stego"  # nnU-Net's 2d with the benchmark's batch size (STEGO's random pairs need a batch of images)
@@ -71,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--crf-cases", type=int, default=20, help="validation cases refined with the CRF")
     p.add_argument("-device", dest="device", default="cpu")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--previous", action="append", default=[], metavar="JSON",
+                   help="an earlier record of this benchmark (its .json) to show beside this run (repeatable)")
     return p.parse_args(argv)
 
 
@@ -90,7 +88,7 @@ def prepare(name: str, args) -> dict:
     ident = base.get("data_identifier", f"{PLANS}_2d")
     from nnunet_ext.stego.knn_table import knn_folder
     if not (knn_folder(pre, ident, "taesd") / "knn.npz").is_file():
-        run([_bin("nnunet-ext"), "stego-knn", "-d", ds_id, "-c", CONFIG, "-p", PLANS, "-tr", TRAINER,
+        run([console_script("nnunet-ext"), "stego-knn", "-d", ds_id, "-c", CONFIG, "-p", PLANS, "-tr", TRAINER,
              "-device", args.device, "--no-progress"])
     return {"id": ds_id, "name": ds_name, "k": k, "pre": pre, "data_dir": pre / ident}
 
@@ -114,7 +112,7 @@ def train(info: dict, seed: int, args, workdir: Path) -> Path:
         return fold
     env = ext_trainer_env([workdir / "trainers"])
     env.update(nnUNet_results=str(results), nnUNet_ext_seed=str(seed), nnUNet_ext_backbone=args.taesd)
-    cmd = [_bin("nnUNetv2_train"), info["id"], CONFIG, 0, "-p", PLANS, "-tr", variant, "-device", args.device]
+    cmd = [console_script("nnUNetv2_train"), info["id"], CONFIG, 0, "-p", PLANS, "-tr", variant, "-device", args.device]
     if (fold / "checkpoint_latest.pth").is_file():
         cmd.append("--c")
     run(cmd, env=env)
@@ -190,6 +188,15 @@ def evaluate_seed(info: dict, seed: int, fold: Path, args) -> dict:
     return out
 
 
+def constant_confusion(conf) -> list:
+    """The confusion matrix (clusters x classes) of a labelling that puts every pixel of the case in cluster 0:
+    matched over the whole evaluation set, it is the best constant labelling (the most frequent class)."""
+    conf = np.asarray(conf)
+    out = np.zeros_like(conf)
+    out[0] = conf.sum(axis=0)
+    return out.tolist()
+
+
 def scores(confs) -> dict:
     from nnunet_ext.stego.metrics import matched_scores
     s = matched_scores(np.sum(np.asarray(confs), axis=0))
@@ -238,17 +245,27 @@ def main(argv=None):
             t0 = time.time()
             fold = train(info, seed, args, workdir)
             times.append(training_time(fold)["wall_s"])
-            per_seed.append(evaluate_seed(info, seed, fold, args))
+            ev = evaluate_seed(info, seed, fold, args)
+            ev["constant"] = [constant_confusion(c) for c in ev["stego"]]
+            per_seed.append(ev)
             print(f"{name} seed {seed}: done ({time.time() - t0:.0f} s)", flush=True)
         rows = {m: [scores(s[m]) for s in per_seed] for m in per_seed[0]}
         summary = {m: {k: [float(np.mean([r[k] for r in v])), float(np.std([r[k] for r in v]))]
                        for k in ("accuracy", "miou")} for m, v in rows.items()}
         diff, ci = bootstrap_miou_difference(per_seed, "stego", "kmeans")
         diff_crf, ci_crf = bootstrap_miou_difference(per_seed, "stego_crf", "kmeans_crf")
+        diff_const, ci_const = bootstrap_miou_difference(per_seed, "stego", "constant")
         report["datasets"][name] = {"dataset": info["name"], "clusters": info["k"], "summary": summary,
                                     "per_seed": rows, "miou_diff": [diff, ci], "miou_diff_crf": [diff_crf, ci_crf],
+                                    "miou_diff_constant": [diff_const, ci_const],
                                     "train_wall_s": times, "val_cases": len(per_seed[0]["stego"]),
                                     "crf_cases": len(per_seed[0]["stego_crf"])}
+    report["previous"] = {}
+    for f in args.previous:
+        prev = json.loads(Path(f).read_text())
+        for ds in prev.get("datasets", {}):
+            report["previous"][ds] = {"date": prev["date"], "command": prev["command"],
+                                      "datasets": {ds: prev["datasets"][ds]}}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"stego_{'_'.join(report['datasets'])}_{_dt.date.today().isoformat()}"
@@ -263,23 +280,40 @@ def markdown(r: dict) -> str:
              f"split (training cases for training and k-means, validation cases for evaluation, every slice, "
              f"nnU-Net's preprocessed space); Hungarian matching over all pixels of the evaluation set.", "",
              "| dataset | method | pixel accuracy | mIoU | cases |", "|---|---|---|---|---|"]
-    names = {"kmeans": "k-means", "stego": "STEGO", "kmeans_crf": "k-means + CRF", "stego_crf": "STEGO + CRF"}
+    names = {"constant": "best constant labelling", "kmeans": "k-means", "stego": "STEGO",
+             "kmeans_crf": "k-means + CRF", "stego_crf": "STEGO + CRF"}
     for ds, d in r["datasets"].items():
-        for m in ("kmeans", "stego", "kmeans_crf", "stego_crf"):
+        for m in [m for m in names if m in d["summary"]]:
             s = d["summary"][m]
             n = d["crf_cases"] if m.endswith("crf") else d["val_cases"]
             lines.append(f"| {ds} ({d['clusters']} clusters) | {names[m]} | {s['accuracy'][0]:.3f} ± "
                          f"{s['accuracy'][1]:.3f} | {s['miou'][0]:.3f} ± {s['miou'][1]:.3f} | {n} |")
-    lines += ["", "| dataset | mIoU STEGO - k-means [95% CI] | with CRF [95% CI] | goal (>= +10 points) | "
-                  "STEGO training (s, per seed) |", "|---|---|---|---|---|"]
+    lines += ["", "| dataset | mIoU STEGO - k-means [95% CI] | with CRF [95% CI] | mIoU STEGO - best constant "
+                  "[95% CI] | goal (>= +10 points over k-means) | STEGO training (s, per seed) |",
+              "|---|---|---|---|---|---|"]
+
+    def pts(v, ci):
+        return f"{100 * v:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
     for ds, d in r["datasets"].items():
         (v, ci), (vc, cic) = d["miou_diff"], d["miou_diff_crf"]
         met = "met" if ci[0] >= 0.10 else ("not shown" if v >= 0.10 else "not met")
-        lines.append(f"| {ds} | {100 * v:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] | {100 * vc:+.1f} "
-                     f"[{100 * cic[0]:+.1f}, {100 * cic[1]:+.1f}] | {met} | "
+        const = pts(*d["miou_diff_constant"]) if "miou_diff_constant" in d else "-"
+        lines.append(f"| {ds} | {pts(v, ci)} | {pts(vc, cic)} | {const} | {met} | "
                      f"{', '.join(f'{t:.0f}' for t in d['train_wall_s'])} |")
     lines += ["", "mean ± sd over seeds; the interval resamples the validation cases (2000 resamples) with the seeds "
-                  "averaged. CRF rows: the first cases of the validation set only (see `cases`)."]
+                  "averaged. CRF rows: the first cases of the validation set only (see `cases`). Best constant "
+                  "labelling: every pixel given the evaluation set's most frequent class (no model)."]
+    for ds, prev in r.get("previous", {}).items():
+        d = r["datasets"].get(ds)
+        if not d or ds not in prev.get("datasets", {}):
+            continue
+        p = prev["datasets"][ds]
+        lines += ["", f"### {ds}: this run beside the previous record ({prev['date'][:10]}, `{prev['command']}`)", "",
+                  "| run | k-means mIoU | STEGO mIoU | STEGO - k-means [95% CI] |", "|---|---|---|---|"]
+        for label, x in (("previous", p), ("this run", d)):
+            km, st = x["summary"]["kmeans"]["miou"][0], x["summary"]["stego"]["miou"][0]
+            lines.append(f"| {label} | {km:.3f} | {st:.3f} | {pts(*x['miou_diff'])} |")
     return "\n".join(lines) + "\n"
 
 

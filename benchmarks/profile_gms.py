@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fd import machine, new_record_stem, write_record  # noqa: E402
+from common import REPO, machine, new_record_stem, write_record
+
 
 PARTS = ("encode", "mapping fwd", "decoder fwd", "backward", "optimizer")
 

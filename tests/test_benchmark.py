@@ -1,7 +1,9 @@
 """``nnunet-ext benchmark`` end to end on the synthetic 2D dataset: 2 trainers x 2 seeds, killed and resumed.
 
 The budget is minimal (2 epochs of 1 iteration, 1 validation iteration): what is tested is the protocol, and
-most of the time goes to starting nnU-Net's processes (5 trainings, 4 predictions).
+most of the time goes to starting nnU-Net's processes (5 trainings, 4 predictions). The second trainer is
+nnUNetTrainerFD with a test hook that kills the benchmark (tests/ext_trainers/bench_trainers.py): the benchmark
+reaches it through nnUNet_extTrainer, as it reaches any trainer of a user's folder.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 
 from conftest import run_cli
 
-TRAINERS = ("nnUNetTrainer", "nnUNetTrainerFD")
+FD = "nnUNetTrainerFD_killable"  # tests/ext_trainers/bench_trainers.py
+TRAINERS = ("nnUNetTrainer", FD)
 
 
 def _fold_dir(out: Path, seed: int, trainer: str, dataset_name: str) -> Path:
@@ -27,14 +30,14 @@ def test_benchmark_kill_resume_report(dataset2d, nnunet_env, tmp_path):
             "-device", "cpu", "-np", 1, "--records", records]
     name = dataset2d["name"]
 
-    # 1. killed (SIGKILL from inside run 2 = seed 0, nnUNetTrainerFD, after its epoch 0 and checkpoint)
-    env = dict(nnunet_env, NNUNET_EXT_BENCH_TEST_KILL="2:0")
+    # 1. killed (SIGKILL from inside run 2 = seed 0, FD, after its epoch 0 and checkpoint)
+    env = dict(nnunet_env, nnUNet_ext_bench_kill_after_epoch="0")
     proc = run_cli("nnunet-ext", args, env, check=False)
     assert proc.returncode == -9, proc.stdout[-3000:] + proc.stderr[-3000:]
     first = _fold_dir(out, 0, "nnUNetTrainer", name) / "checkpoint_final.pth"
     assert first.is_file()
     assert (out / "runs" / "seed0" / "pred" / "nnUNetTrainer" / ".complete").is_file()
-    killed = _fold_dir(out, 0, "nnUNetTrainerFD", name)
+    killed = _fold_dir(out, 0, FD, name)
     assert (killed / "checkpoint_latest.pth").is_file() and not (killed / "checkpoint_final.pth").exists()
     assert not (out / "benchmark.json").exists()
     mtime = first.stat().st_mtime_ns
@@ -43,16 +46,16 @@ def test_benchmark_kill_resume_report(dataset2d, nnunet_env, tmp_path):
     proc = run_cli("nnunet-ext", args, nnunet_env)
     assert first.stat().st_mtime_ns == mtime, "a finished run was retrained"
     assert "seed 0 nnUNetTrainer: trained (kept)" in proc.stdout
-    state = json.loads((out / "runs" / "seed0" / "state" / "nnUNetTrainerFD.json").read_text())
+    state = json.loads((out / "runs" / "seed0" / "state" / f"{FD}.json").read_text())
     assert [a["resume"] for a in state["attempts"]] == [False, True]
-    assert "--c" in (out / "runs" / "seed0" / "logs" / "nnUNetTrainerFD_train.log").read_text()
+    assert "--c" in (out / "runs" / "seed0" / "logs" / f"{FD}_train.log").read_text()
     for s in (0, 1):
         for t in TRAINERS:
             assert (_fold_dir(out, s, t, name) / "checkpoint_final.pth").is_file()
     # the generated variants: budget and seeding
-    src = (out / "trainers" / "bench_nnUNetTrainerFD.py").read_text()
+    src = (out / "trainers" / f"bench_{FD}.py").read_text()
     assert "SeedMixin" in src and "'num_epochs': 2" in src and "'num_iterations_per_epoch': 1" in src
-    log = next((_fold_dir(out, 1, "nnUNetTrainerFD", name)).glob("training_log_*.txt")).read_text()
+    log = next((_fold_dir(out, 1, FD, name)).glob("training_log_*.txt")).read_text()
     assert "SeedMixin: seed 1" in log
 
     # 3. the report
@@ -63,12 +66,12 @@ def test_benchmark_kill_resume_report(dataset2d, nnunet_env, tmp_path):
     for t in TRAINERS:
         for e in summ[t]["per_class"].values():
             assert e["dice"]["n_seeds"] == 2 and set(e["dice"]["per_seed"]) == {"0", "1"}
-    diff = summ["nnUNetTrainerFD"]["paired_vs_reference"]["all"]["dice"]
+    diff = summ[FD]["paired_vs_reference"]["all"]["dice"]
     assert diff["n_cases"] == len(res["protocol"]["test_cases"]) > 0
     assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
     tm = res["timing"]
     assert tm["nnUNetTrainer"]["ratio_vs_reference"] == pytest.approx(1.0)
-    assert tm["nnUNetTrainerFD"]["ratio_vs_reference"] > 0 and set(tm["nnUNetTrainerFD"]["ratio_per_seed"]) == {"0", "1"}
+    assert tm[FD]["ratio_vs_reference"] > 0 and set(tm[FD]["ratio_per_seed"]) == {"0", "1"}
     md = (out / "benchmark.md").read_text()
     assert "Paired per-case difference vs nnUNetTrainer" in md and "ratio vs nnUNetTrainer" in md
     assert md.strip() in proc.stdout
@@ -186,3 +189,33 @@ def test_variant_of_a_settings_only_trainer_without_the_variable(monkeypatch, tm
     spec.loader.exec_module(mod)
     variant = getattr(mod, name)
     assert variant.s2s2_generator == "gin" and any(c.__name__ == "nnUNetTrainerS2S2_gin" for c in variant.__mro__)
+
+
+def test_the_demo_and_the_benchmark_share_one_variant_generator(tmp_path):
+    """A trainer of nnunet_ext's trainers/ (a plain module nnU-Net imports from its folder): the demo's short
+    variant and the benchmark's variant both come from nnunet_ext.core.schedule.variant_source and load."""
+    import importlib.util
+    import os
+    from unittest import mock
+
+    from nnunet_ext.benchmark.variant import write_variant
+    from nnunet_ext.core.schedule import ScheduleMixin
+    from nnunet_ext.demo.run import _demo_variant
+    from nnunet_ext.paths import ext_trainer_env, find_trainer_class
+
+    env = ext_trainer_env()
+    schedule = {"num_epochs": 2, "num_iterations_per_epoch": 3}
+    name, src = _demo_variant("nnUNetTrainerFD_lambda0010", schedule, env)
+    assert name == "nnUNetTrainerFD_lambda0010_demo" and "Generated by nnunet-ext demo" in src
+    (tmp_path / "demo_variant.py").write_text(src)
+    spec = importlib.util.spec_from_file_location("demo_variant_test", tmp_path / "demo_variant.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    demo = getattr(mod, name)
+    assert issubclass(demo, ScheduleMixin) and demo.schedule == schedule and demo.fd_lambda == 0.010
+    with mock.patch.dict(os.environ, {"nnUNet_extTrainer": env["nnUNet_extTrainer"]}):
+        cls = find_trainer_class("nnUNetTrainerFD_lambda0010")
+    bench = write_variant(tmp_path / "bench", cls, schedule)
+    text = (tmp_path / "bench" / "bench_nnUNetTrainerFD_lambda0010.py").read_text()
+    assert bench == "nnUNetTrainerFD_lambda0010__bench" and "Generated by nnunet-ext benchmark" in text
+    assert "class nnUNetTrainerFD_lambda0010__bench(BenchMixin, ScheduleMixin, SeedMixin, _Base)" in text

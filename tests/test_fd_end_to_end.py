@@ -135,6 +135,7 @@ def test_missing_ext_trainer_variable_gives_clear_error(dataset3d, nnunet_env):
                    env, check=False)
     assert proc.returncode != 0 and "nnUNet_extTrainer" in proc.stderr
     # our CLI tells the user the exact fix
-    hint = run_cli("nnunet-ext", ["trainers"], env)
-    assert 'export nnUNet_extTrainer="$(nnunet-ext trainers-path)"' in hint.stdout
+    hint = run_cli("nnunet-ext", ["trainers"], env, check=False)
+    assert hint.returncode == 2  # the listing is not a success while nnU-Net cannot find the trainers
+    assert 'export nnUNet_extTrainer="$(nnunet-ext trainers-path)"' in hint.stderr
     assert "nnUNetTrainerFD_lambda0010" in hint.stdout

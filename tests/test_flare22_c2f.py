@@ -20,6 +20,25 @@ DS_C2F = 523
 TINY = "nnUNetTrainer_tinyC2F"
 
 
+def test_the_fine_crop_is_handed_to_preprocess_unlabeled():
+    """flare22 registers its ROI crop with the unlabelled-data package (which imports no method) when nnunet-ext
+    builds its verbs; the crop applies to the fine configuration only."""
+    from nnunet_ext.cli import build_parser
+    from nnunet_ext.flare22.plan import FINE_ROI_CROP
+    from nnunet_ext.flare22.preprocess import ROICropPreprocessor
+    from nnunet_ext.unlabeled.roi import registered_roi_crops, roi_crop_for
+
+    build_parser()
+    crops = registered_roi_crops()
+    assert crops.count(FINE_ROI_CROP) == 1
+    fine = {"nnunet_ext": {"c2f": "fine", "coarse_configuration": "3d_coarse", "roi_margin_mm": 8.0}}
+    assert roi_crop_for(fine, crops) is FINE_ROI_CROP
+    assert roi_crop_for({"nnunet_ext": {"c2f": "coarse"}}, crops) is None and roi_crop_for({}, crops) is None
+    assert FINE_ROI_CROP.preprocessor() is ROICropPreprocessor
+    hint = FINE_ROI_CROP.masks_hint("22", "3d_fine", fine, "/raw/imagesUnlabeled")
+    assert "--roi-masks DIR" in hint and "nnUNetv2_predict -i /raw/imagesUnlabeled -o DIR -d 22 -c 3d_coarse" in hint
+
+
 @pytest.fixture(scope="module")
 def c2f_dataset(nnunet_dirs, nnunet_env):
     """Synthetic abdomen (8 train, 3 test), planned and preprocessed by plan-c2f alone (no plans before)."""

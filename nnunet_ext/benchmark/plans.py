@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from nnunet_ext.benchmark.protocol import BenchmarkError, _bin, _env_dir, resolve_dataset
+from nnunet_ext.benchmark.protocol import BenchmarkError, resolve_dataset
+from nnunet_ext.paths import console_script, dataset_id, nnunet_folder
 
 #: default GPU memory target [GB] of plan-small. MSD Hippocampus, nnU-Net 2.8 planner (default target 8 GB:
 #: 2d batch 366 x 56x40, 3d_fullres batch 9 x 40x56x40, 13-16 s/iteration on 2 CPU cores):
@@ -78,18 +79,18 @@ def plan_small(dataset: str, gpu_memory_target: float = DEFAULT_TARGET_GB, plans
         raise BenchmarkError("-gpu_memory_target must be > 0 (GB)")
     if plans_name == "nnUNetPlans":
         raise BenchmarkError("give the small plans their own name (-overwrite_plans_name), not nnUNetPlans")
-    _env_dir("nnUNet_raw")
+    nnunet_folder("nnUNet_raw", BenchmarkError)
     name = resolve_dataset(dataset)
-    pre_dir = _env_dir("nnUNet_preprocessed") / name
-    did = name[len("Dataset"):len("Dataset") + 3]
+    pre_dir = nnunet_folder("nnUNet_preprocessed", BenchmarkError) / name
+    did = f"{dataset_id(name):03d}"
     if not (pre_dir / "dataset_fingerprint.json").is_file():
-        _run([_bin("nnUNetv2_extract_fingerprint"), "-d", did, "-np", str(num_processes)], quiet)
+        _run([console_script("nnUNetv2_extract_fingerprint"), "-d", did, "-np", str(num_processes)], quiet)
     plans_file = pre_dir / f"{plans_name}.json"
     meta_file = pre_dir / f"{plans_name}.plan_small.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if overwrite or not plans_file.is_file() or meta.get("gpu_memory_target") != gpu_memory_target \
             or meta.get("planner") != planner:
-        cmd = [_bin("nnUNetv2_plan_experiment"), "-d", did, "-gpu_memory_target", str(gpu_memory_target),
+        cmd = [console_script("nnUNetv2_plan_experiment"), "-d", did, "-gpu_memory_target", str(gpu_memory_target),
                "-overwrite_plans_name", plans_name]
         if planner:
             cmd += ["-pl", planner]
@@ -100,11 +101,11 @@ def plan_small(dataset: str, gpu_memory_target: float = DEFAULT_TARGET_GB, plans
     if missing:
         raise BenchmarkError(f"{plans_name} has no configuration {', '.join(missing)} "
                              f"(has: {', '.join(plans['configurations'])})")
-    raw_json = json.loads((_env_dir("nnUNet_raw") / name / "dataset.json").read_text())
+    raw_json = json.loads((nnunet_folder("nnUNet_raw", BenchmarkError) / name / "dataset.json").read_text())
     n_cases = int(raw_json.get("numTraining", 0))
     todo = [c for c in configurations if overwrite or not _preprocessed_complete(pre_dir, plans, c, n_cases)]
     if todo:
-        _run([_bin("nnUNetv2_preprocess"), "-d", did, "-plans_name", plans_name, "-c", *todo,
+        _run([console_script("nnUNetv2_preprocess"), "-d", did, "-plans_name", plans_name, "-c", *todo,
               "-np", *[str(num_processes)] * len(todo), "--no_pbar"], quiet)
     res = {"dataset": name, "plans": plans_name, "gpu_memory_target": gpu_memory_target, "configurations": {}}
     for c in configurations:

@@ -38,17 +38,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from nnunet_ext.atomic_io import write_json_atomic
-from nnunet_ext.benchmark.variant import KILL_ENV, VARIANT_SUFFIX, find_trainer_class, write_variant
+from nnunet_ext.benchmark.variant import VARIANT_SUFFIX, find_trainer_class, write_variant
+from nnunet_ext.errors import UserError
+from nnunet_ext.paths import (console_script, ext_trainer_env, link_or_copy, nnunet_folder, require_output_folder,
+                              resolve_dataset_name)
 
-#: test hook ``"RUN:EPOCH"``: run number RUN (1-based, in this invocation's order) kills the benchmark after EPOCH
-TEST_KILL_ENV = "NNUNET_EXT_BENCH_TEST_KILL"
 DEFAULT_ITERATIONS_PER_EPOCH = 250  # nnU-Net's
 NNUNET_VAL_RATIO = 50 / 250  # nnU-Net's validation iterations per training iteration
 
@@ -57,13 +57,7 @@ FIXED_KEYS = ("dataset_name", "configuration", "plans", "fold", "train_cases", "
               "iterations_per_epoch", "val_iterations", "num_epochs", "tta", "tolerance")
 
 
-try:  # nnunet-ext's common type for expected failures (one line, exit status 2)
-    from nnunet_ext.errors import UserError as _UserError
-except ImportError:  # pragma: no cover - older checkouts
-    _UserError = Exception
-
-
-class BenchmarkError(_UserError):
+class BenchmarkError(UserError):
     """A user error: bad arguments, missing data, a protocol that does not match the output folder."""
 
 
@@ -127,6 +121,9 @@ class BenchmarkConfig:
             raise BenchmarkError(f"-device must be cpu, cuda or mps, got {self.device!r}")
         if self.tolerance <= 0:
             raise BenchmarkError("--tolerance must be > 0 (mm)")
+        require_output_folder(self.output, "output folder -o", BenchmarkError)
+        if self.records:
+            require_output_folder(self.records, "--records", BenchmarkError)
 
     @property
     def ipe(self) -> int:
@@ -187,16 +184,10 @@ def load_config_file(path: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 # nnU-Net folders, dataset, split
 # --------------------------------------------------------------------------------------------------
-def _env_dir(var: str) -> Path:
-    from nnunet_ext.paths import nnunet_folder
-    return nnunet_folder(var, BenchmarkError)
-
-
 def resolve_dataset(dataset: str) -> str:
-    """``DatasetXXX_Name`` for an id or a name (``nnunet_ext.paths.resolve_dataset_name``)."""
-    _env_dir("nnUNet_preprocessed")
-    from nnunet_ext.paths import resolve_dataset_name
-    return resolve_dataset_name(dataset, BenchmarkError)
+    """``DatasetXXX_Name`` for an id or a name (``nnunet_ext.paths.resolve_dataset_name``); $nnUNet_preprocessed
+    must be set."""
+    return resolve_dataset_name(dataset, BenchmarkError, require=("nnUNet_preprocessed",))
 
 
 def read_case_list(path: str, file_ending: str) -> List[str]:
@@ -284,17 +275,6 @@ def resolve_split(cfg: BenchmarkConfig, pre_dir: Path, identifiers: List[str], f
     return fold, train, test, note
 
 
-def _link_or_copy(src: str, dst: Path) -> None:
-    if dst.is_symlink() or dst.exists():
-        if dst.is_symlink() and os.readlink(dst) == src:
-            return
-        dst.unlink()
-    try:
-        os.symlink(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def prepare_test_data(out: Path, raw_dir: Path, dataset_json: dict, test_cases: List[str]):
     """``OUT/test_data/{images,labels}``: links to the test cases' raw images (``CASE_XXXX``) and labels."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
@@ -310,12 +290,12 @@ def prepare_test_data(out: Path, raw_dir: Path, dataset_json: dict, test_cases: 
     for c in test_cases:
         for i, src in enumerate(files[c]["images"]):
             name = f"{c}_{i:04d}{fe}"
-            _link_or_copy(os.path.abspath(src), img_dir / name)
+            link_or_copy(os.path.abspath(src), img_dir / name, symlink=True, replace=True)
             want_img.add(name)
         lab = files[c]["label"]
         if not os.path.isfile(lab):
             raise BenchmarkError(f"test case {c} has no label file ({lab})")
-        _link_or_copy(os.path.abspath(lab), lab_dir / f"{c}{fe}")
+        link_or_copy(os.path.abspath(lab), lab_dir / f"{c}{fe}", symlink=True, replace=True)
         want_lab.add(f"{c}{fe}")
     for d, want in ((img_dir, want_img), (lab_dir, want_lab)):
         for f in d.iterdir():
@@ -327,11 +307,6 @@ def prepare_test_data(out: Path, raw_dir: Path, dataset_json: dict, test_cases: 
 # --------------------------------------------------------------------------------------------------
 # subprocesses
 # --------------------------------------------------------------------------------------------------
-def _bin(name: str) -> str:
-    cand = Path(sys.executable).parent / name
-    return str(cand) if cand.exists() else (shutil.which(name) or name)
-
-
 #: nnU-Net's log lines (after its timestamp): "Epoch 3", "Epoch time: 12.3 s"
 _EPOCH_RE = re.compile(r"(?:^|: )Epoch (\d+)\s*$")
 _EPOCH_TIME_RE = re.compile(r"Epoch time: ([0-9.]+) s")
@@ -433,8 +408,8 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
     cfg.validate()
     out = Path(cfg.output).resolve()
     name = resolve_dataset(cfg.dataset)
-    pre_dir = _env_dir("nnUNet_preprocessed") / name
-    raw_dir = _env_dir("nnUNet_raw") / name
+    pre_dir = nnunet_folder("nnUNet_preprocessed", BenchmarkError) / name
+    raw_dir = nnunet_folder("nnUNet_raw", BenchmarkError) / name
     plans_file = pre_dir / f"{cfg.plans}.json"
     if not plans_file.is_file():
         raise BenchmarkError(f"plans {cfg.plans} not found ({plans_file}); plan and preprocess first "
@@ -458,7 +433,6 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
     identifiers = sorted(infer_dataset_class(str(data_dir)).get_identifiers(str(data_dir)))
 
     # trainers: resolved the way nnU-Net resolves them (its own, then $nnUNet_extTrainer + ours)
-    from nnunet_ext.paths import ext_trainer_env
     saved = os.environ.get("nnUNet_extTrainer")
     os.environ["nnUNet_extTrainer"] = ext_trainer_env()["nnUNet_extTrainer"]
     try:
@@ -504,18 +478,14 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
     base_env["PYTHONUNBUFFERED"] = "1"
     if workers is not None:
         base_env["nnUNet_n_proc_DA"] = str(workers)
-    base_env.pop(KILL_ENV, None)
-    kill_run, kill_epoch = None, None
-    if os.environ.get(TEST_KILL_ENV):
-        kill_run, kill_epoch = (int(v) for v in os.environ[TEST_KILL_ENV].split(":"))
 
     if not cfg.quiet:
-        print(f"nnunet-ext benchmark: {name} {cfg.configuration} ({cfg.plans}), fold {fold}: {len(train_cases)} train / "
-              f"{len(test_cases)} test cases ({split_note})")
-        print(f"  {len(cfg.trainers)} trainer(s) x {len(cfg.seeds)} seed(s); budget {cfg.num_epochs} epochs x {cfg.ipe} "
-              f"= {cfg.num_epochs * cfg.ipe} iterations (asked: {cfg.iterations}), {cfg.vpe} validation iterations "
-              f"per epoch; device {device}; data workers "
-              f"{workers if workers is not None else os.environ.get('nnUNet_n_proc_DA', 'nnU-Net default')}; output {out}")
+        shown_workers = workers if workers is not None else os.environ.get("nnUNet_n_proc_DA", "nnU-Net default")
+        print(f"nnunet-ext benchmark: {name} {cfg.configuration} ({cfg.plans}), fold {fold}: "
+              f"{len(train_cases)} train / {len(test_cases)} test cases ({split_note})")
+        print(f"  {len(cfg.trainers)} trainer(s) x {len(cfg.seeds)} seed(s); budget {cfg.num_epochs} epochs x "
+              f"{cfg.ipe} = {cfg.num_epochs * cfg.ipe} iterations (asked: {cfg.iterations}), {cfg.vpe} validation "
+              f"iterations per epoch; device {device}; data workers {shown_workers}; output {out}")
 
     runs = [(s, t) for s in cfg.seeds for t in cfg.trainers]
     runner = Runner(cfg, out, len(runs))
@@ -525,8 +495,6 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
         v = variants[t]
         seed_dir = out / "runs" / f"seed{s}"
         env = dict(base_env, nnUNet_results=str(seed_dir), nnUNet_ext_seed=str(s))
-        if kill_run == runner.run_no:
-            env[KILL_ENV] = str(kill_epoch)
         fold_dir = seed_dir / name / f"{v}__{cfg.plans}__{cfg.configuration}" / f"fold_{fold}"
         logs = seed_dir / "logs"
         state_path = seed_dir / "state" / f"{t}.json"
@@ -541,7 +509,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
         if final.is_file():
             runner.say(f"seed {s} {t}: trained (kept)")
         else:
-            cmd = [_bin("nnUNetv2_train"), name, cfg.configuration, str(fold), "-tr", v, "-p", cfg.plans,
+            cmd = [console_script("nnUNetv2_train"), name, cfg.configuration, str(fold), "-tr", v, "-p", cfg.plans,
                    "-device", device]
             resume = (fold_dir / "checkpoint_latest.pth").is_file()
             if resume:
@@ -572,7 +540,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
         else:
             if pred_dir.exists():
                 shutil.rmtree(pred_dir)
-            cmd = [_bin("nnUNetv2_predict"), "-i", str(img_dir), "-o", str(pred_dir), "-d", name, "-c",
+            cmd = [console_script("nnUNetv2_predict"), "-i", str(img_dir), "-o", str(pred_dir), "-d", name, "-c",
                    cfg.configuration, "-f", str(fold), "-tr", v, "-p", cfg.plans, "-device", device,
                    # -np 1: nnU-Net's sequential prediction in one process (no worker start-up: quicker for few cases)
                    "-npp", str(nproc if nproc > 1 else 0), "-nps", str(nproc if nproc > 1 else 0),

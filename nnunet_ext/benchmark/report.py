@@ -46,8 +46,13 @@ def collect_rows(result: dict, trainer: str, seed: int) -> List[dict]:
     return rows
 
 
-def machine(device: str) -> str:
+def machine(device: Optional[str] = None) -> str:
+    """The machine a figure was measured on, in one line: CPU, cores, the GPU (on ``cuda``), torch, its CPU
+    threads and the device (``None``: cuda where available, else cpu). The one description every record uses."""
     import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -60,7 +65,8 @@ def machine(device: str) -> str:
     gpu = ""
     if device == "cuda" and torch.cuda.is_available():
         gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, device {device}"
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"device {device}")
 
 
 def summarise(rows: List[dict], trainers: List[str], seeds: List[int]) -> dict:
@@ -127,7 +133,8 @@ def timing_summary(out_dir: Path, trainers: List[str], seeds: List[int]) -> dict
                   "s_per_iteration_per_seed": {str(s): _num(v) for s, v in per_seed.items()},
                   "ratio_vs_reference": _num(np.median(list(ratios.values()))) if ratios else None,
                   "ratio_per_seed": {str(s): _num(v) for s, v in ratios.items()},
-                  "train_wall_s_per_seed": {str(s): _num(tm[(t, s)].get("train_wall_s")) for s in seeds if (t, s) in tm},
+                  "train_wall_s_per_seed": {str(s): _num(tm[(t, s)].get("train_wall_s"))
+                                            for s in seeds if (t, s) in tm},
                   "train_wall_s_total": _num(sum(w for w in walls if w)) if walls else None,
                   "median_epoch_time_per_seed": {str(s): _num(tm[(t, s)]["median_epoch_time"]) for s in seeds
                                                  if (t, s) in tm}}
@@ -158,7 +165,8 @@ def markdown(result: dict) -> str:
              f"Protocol: plans `{p['plans']}`, fold {p['fold']} ({len(p['train_cases'])} training / "
              f"{len(p['test_cases'])} test cases; {result['split_note']}); budget {p['num_epochs']} epochs x "
              f"{p['iterations_per_epoch']} iterations = {p['num_epochs'] * p['iterations_per_epoch']} iterations "
-             f"per run, {p['val_iterations']} validation iterations per epoch; seeds {', '.join(map(str, result['seeds']))}; "
+             f"per run, {p['val_iterations']} validation iterations per epoch; "
+             f"seeds {', '.join(map(str, result['seeds']))}; "
              f"test-time mirroring {'on' if p['tta'] else 'off'}; NSD tolerance {tol:g} mm.", "",
              "## Per class: mean ± sd over seeds", "",
              f"Each seed's value is the mean over the {len(p['test_cases'])} test cases (HD95: over the cases where it "
@@ -187,7 +195,8 @@ def markdown(result: dict) -> str:
               "Median epoch time (nnU-Net's logged epoch start/end timestamps; includes validation iterations and "
               "checkpointing) / iterations per epoch; median over seeds. Ratio: per seed against "
               f"{ref} in the same benchmark, median over seeds.", "",
-              "| trainer | s / iteration | ratio vs " + ref + " | training wall time (all seeds) |", "|---|---|---|---|"]
+              "| trainer | s / iteration | ratio vs " + ref + " | training wall time (all seeds) |",
+              "|---|---|---|---|"]
     for t in trainers:
         tm = timing.get(t, {})
         spi = tm.get("s_per_iteration")

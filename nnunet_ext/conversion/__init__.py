@@ -9,8 +9,8 @@ modified; an existing dataset is only replaced with ``overwrite``; output is wri
 folder next to the target and renamed at the end; the result is validated with nnU-Net's
 ``verify_dataset_integrity`` and the case count per split is reported. Every expected failure is a
 :class:`nnunet_ext.errors.UserError` (see :mod:`nnunet_ext.conversion.errors`), printed by
-``nnunet-ext`` as one line; ``skip_bad`` / ``--skip-bad`` skips cases with unreadable files. A published split is written
-to ``splits_final.json`` in the raw dataset folder; :func:`install_split` copies it to
+``nnunet-ext`` as one line; ``skip_bad`` / ``--skip-bad`` skips cases with unreadable files. A published split
+is written to ``splits_final.json`` in the raw dataset folder; :func:`install_split` copies it to
 ``$nnUNet_preprocessed/DatasetXXX_Name/`` where nnU-Net uses it for fold 0.
 """
 from typing import Dict

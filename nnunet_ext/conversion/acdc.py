@@ -53,7 +53,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import SourceLayoutError
-from .layout import _describe, child_dir, child_file, find_nested, require_source, visible_dirs
+from .layout import describe_folder, child_dir, child_file, find_nested, require_source, visible_dirs
 from .splits import SplitPlan, read_list_file
 from .volumes import order_slices, parse_slice_names, slice_numbering, write_volume_case
 
@@ -92,7 +92,7 @@ def _scan_patients(folder: str, expected: str = "patientXXX folders with patient
     patients = _patient_dirs(folder)
     if not patients:
         raise SourceLayoutError("acdc", expected,
-                                f"no patientXXX folder; the folder contains {_describe(folder)}", folder)
+                                f"no patientXXX folder; the folder contains {describe_folder(folder)}", folder)
     cases = {}
     for p in patients:
         frames = _frames(os.path.join(folder, p))
@@ -185,7 +185,7 @@ def _find_h5_root(source: str) -> Tuple[str, Dict[str, str]]:
         hits = [os.path.dirname(source)]
     if not hits:
         raise SourceLayoutError("acdc_h5", "train.list / val.list / test.list (or .txt; volume names, one per line)",
-                                f"none of them; the folder contains {_describe(source)}", source)
+                                f"none of them; the folder contains {describe_folder(source)}", source)
     return hits[0], _find_lists(hits[0])
 
 
@@ -210,7 +210,7 @@ def _scan_h5(root: str) -> Tuple[Dict[str, str], Dict[str, List[Tuple[int, str]]
     slices: Dict[str, List[Tuple[int, str]]] = {}
     folders = _h5_folders(root)
     if not folders:
-        raise SourceLayoutError("acdc_h5", H5_EXPECTED, f"no such folder; the folder contains {_describe(root)}",
+        raise SourceLayoutError("acdc_h5", H5_EXPECTED, f"no such folder; the folder contains {describe_folder(root)}",
                                 root)
     for folder in folders:
         files = sorted(os.path.join(folder, f) for f in os.listdir(folder)

@@ -6,15 +6,15 @@ default ``$nnUNet_raw``), ``--overwrite``, ``--num-processes N``, ``--skip-verif
 (all converters but ``msd``, which is nnU-Net's own) and, for converters that write a published
 split, ``--install-split`` / ``--preprocessed DIR``.
 
-The ``dataset_conversion/convert_NAME.py`` scripts and :meth:`Converter.main` run
-``nnunet_ext.cli.main(["convert", NAME, ...])``: the same entry point as ``nnunet-ext convert NAME``,
-with the same one-line errors and exit status.
+``nnunet-ext convert NAME`` (:mod:`nnunet_ext.cli`) registers every converter of
+``nnunet_ext.conversion.CONVERTERS``; the ``dataset_conversion/convert_NAME.py`` scripts run that same entry point
+(``nnunet_ext.cli.main(["convert", NAME, ...])``), with the same one-line errors and exit status. This module
+imports nothing above the conversion package.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 from .splits import install_split
 
@@ -81,26 +81,8 @@ class Converter:
                 print(f"{self.name}: no split was written for this dataset; nothing to install")
         return folder
 
-    def main(self, argv: Optional[List[str]] = None) -> int:
-        """Stand-alone entry point: ``nnunet-ext convert NAME`` with ``argv`` (default ``sys.argv[1:]``).
-
-        Returns the exit status (0, or 2 after a one-line error). See :func:`script_main`.
-        """
-        return script_main(self.name, argv)
-
     def __repr__(self) -> str:
         return f"Converter({self.name!r})"
-
-
-def script_main(name: str, argv: Optional[List[str]] = None) -> int:
-    """What ``dataset_conversion/convert_NAME.py`` runs: ``nnunet_ext.cli.main(["convert", NAME, *argv])``.
-
-    ``--debug`` may be given anywhere in ``argv`` (it is an option of ``nnunet-ext`` itself).
-    """
-    from nnunet_ext.cli import main
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = ["--debug"] if "--debug" in argv else []
-    return main([*pre, "convert", name, *[a for a in argv if a != "--debug"]])
 
 
 def common_kwargs(args: argparse.Namespace) -> dict:

@@ -59,7 +59,7 @@ from typing import Dict, List, Optional, Tuple
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import ConversionArgumentError, SourceLayoutError
-from .layout import _describe, _norm, child_dir, find_nested, list_files, require_source, visible_dirs
+from .layout import describe_folder, loose_name, child_dir, find_nested, list_files, require_source, visible_dirs
 from .volumes import write_volume_case
 
 _NAME = "flare22"
@@ -74,16 +74,16 @@ SEARCH_DEPTH = 4  # how deep below --source the unlabelled and validation parts 
 
 
 def _is_unlabeled_name(name: str) -> bool:
-    return "unlabel" in _norm(name)
+    return "unlabel" in loose_name(name)
 
 
 def _is_validation_name(name: str) -> bool:
-    n = _norm(name)
+    n = loose_name(name)
     return "validation" in n or n in ("imagests", "imagesval", "tuning")
 
 
 def _is_label_name(name: str) -> bool:
-    n = _norm(name)
+    n = loose_name(name)
     return bool(re.search(r"(?<!un)label", n)) or n in ("gt", "groundtruth", "mask", "masks", "segmentations")
 
 
@@ -138,7 +138,8 @@ def find_labelled(source: str) -> Tuple[str, str, str]:
     elif _find_parts(source, _is_unlabeled_name, set())[0] or _find_parts(source, _is_validation_name, set())[0]:
         hint = (" (only the unlabelled and/or validation part is there: the labelled part, "
                 "FLARE22_LabeledCase50, is needed too)")
-    raise SourceLayoutError(_NAME, LABELLED, f"no such folder; --source contains {_describe(source)}{hint}", source)
+    raise SourceLayoutError(_NAME, LABELLED, f"no such folder; --source contains {describe_folder(source)}{hint}",
+                            source)
 
 
 def _find_parts(source: str, matches, exclude: set) -> Tuple[List[str], List[str]]:

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import SourceLayoutError
-from .layout import _describe, child_dir, find_file, find_nested, list_files, require_source, strip_suffix
+from .layout import describe_folder, child_dir, find_file, find_nested, list_files, require_source, strip_suffix
 from .natural import channel_names, decide_rgb, safe_case_id, write_natural_case
 from .splits import SplitPlan
 
@@ -83,7 +83,7 @@ def _find_dataset_folder(source: str) -> str:
     expected = "a GMS dataset folder with images/, masks/ and one <name>_train_test_names.pkl"
     if not hits:
         raise SourceLayoutError(_NAME, expected, f"0 *_train_test_names.pkl files here or in the folders below; the "
-                                f"folder contains {_describe(source)}", source)
+                                f"folder contains {describe_folder(source)}", source)
     if len(hits) > 1:
         raise SourceLayoutError(_NAME, expected, f"{len(hits)} dataset folders "
                                 f"{[os.path.relpath(h, source) for h in hits][:6]}; pass the one to convert as "

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import ConversionArgumentError, SourceLayoutError
-from .layout import _describe, child_file, find_nested, require_source, visible_dirs
+from .layout import describe_folder, child_file, find_nested, require_source, visible_dirs
 from .splits import SplitPlan, read_list_file
 from .volumes import write_volume_case
 
@@ -54,7 +54,7 @@ def find_case_folder(source: str) -> str:
     hits = find_nested(source, _holds_cases, max_depth=2)
     if not hits:
         raise SourceLayoutError(_NAME, expected, f"no folder with <ID>/{H5_NAME}; the folder contains "
-                                f"{_describe(source)}", source)
+                                f"{describe_folder(source)}", source)
     if len(hits) > 1:
         raise SourceLayoutError(_NAME, expected, f"{len(hits)} folders with case folders: "
                                 f"{[os.path.relpath(h, source) for h in hits][:5]}; pass the one to convert as "

@@ -11,7 +11,8 @@ from .errors import SourceLayoutError, SourceNotFoundError, describe_parent
 JUNK_DIRS = {"__macosx", ".ds_store", "@eadir", "$recycle.bin"}
 
 
-def _describe(folder: str, limit: int = 8) -> str:
+def describe_folder(folder: str, limit: int = 8) -> str:
+    """What ``folder`` holds, for an error message: ``[a/, b.nii.gz, ...]``, or that it is empty, missing or a file."""
     if not os.path.isdir(folder):
         return "no such folder" if not os.path.exists(folder) else "a file, not a folder"
     entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
@@ -33,7 +34,8 @@ def require_source(converter: str, source: str) -> str:
     return path
 
 
-def _norm(name: str) -> str:
+def loose_name(name: str) -> str:
+    """``name`` in lower case without separators or punctuation: how folder names are compared loosely."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
@@ -55,7 +57,7 @@ def child_dir(folder: str, *names: str) -> Optional[str]:
             return os.path.join(folder, n)
     dirs = visible_dirs(folder)
     for n in names:
-        hits = [d for d in dirs if _norm(d) == _norm(n)]
+        hits = [d for d in dirs if loose_name(d) == loose_name(n)]
         if hits:
             return os.path.join(folder, hits[0])
     return None
@@ -93,18 +95,8 @@ def require_dir(converter: str, path: str, expected: str) -> str:
     if not os.path.isdir(path):
         parent = os.path.dirname(os.path.abspath(path))
         raise SourceLayoutError(converter, expected, f"no folder {os.path.basename(path)!r}; the folder "
-                                f"contains {_describe(parent)}", path)
+                                f"contains {describe_folder(parent)}", path)
     return path
-
-
-def first_existing_dir(converter: str, root: str, candidates: Sequence[str], expected: str) -> str:
-    """Return the first ``root/<candidate>`` that is a folder, else raise listing the candidates."""
-    for c in candidates:
-        p = os.path.join(root, c)
-        if os.path.isdir(p):
-            return p
-    raise SourceLayoutError(converter, expected, f"none of {list(candidates)}; the folder contains "
-                            f"{_describe(root)}", root)
 
 
 def list_files(converter: str, folder: str, suffixes: Iterable[str], expected: str,
@@ -117,7 +109,7 @@ def list_files(converter: str, folder: str, suffixes: Iterable[str], expected: s
                    and os.path.isfile(os.path.join(folder, f)))
     if not files and not allow_empty:
         raise SourceLayoutError(converter, expected, f"no {'/'.join(suffixes)} files; the folder contains "
-                                f"{_describe(folder)}", folder)
+                                f"{describe_folder(folder)}", folder)
     return files
 
 

@@ -37,7 +37,7 @@ import SimpleITK as sitk
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import CaseDataError, ConversionArgumentError, SourceLayoutError, one_line, reading
-from .layout import _describe, child_dir, find_nested, list_files, require_dir, require_source, visible_dirs
+from .layout import describe_folder, child_dir, find_nested, list_files, require_dir, require_source, visible_dirs
 from .target import atomic_folder
 
 HIPPOCAMPUS_CHANNELS = {"0": "MRI"}
@@ -131,7 +131,7 @@ def _flat_folders(source: str):
             if deeper:
                 hint = f" (a flat copy is in {deeper[0]}: pass that folder as --source)"
         raise SourceLayoutError(_NAME, expected_img, f"no folder 'images'; the folder contains "
-                                f"{_describe(source)}{hint}", source)
+                                f"{describe_folder(source)}{hint}", source)
     return images_dir, labels_dir or os.path.join(source, "labels")
 
 

@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence, Tuple
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import ConversionArgumentError, SourceLayoutError
-from .layout import _describe, child_dir, find_file, find_nested, list_files, require_source, strip_suffix
+from .layout import describe_folder, child_dir, find_file, find_nested, list_files, require_source, strip_suffix
 from .natural import channel_names, safe_case_id, write_natural_case
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -59,8 +59,8 @@ def _find_pair(converter: str, source: str, pairs: Sequence[Tuple[str, str]]) ->
         deeper = find_nested(source, lambda d: _pair_in(d, pairs) is not None, max_depth=3)
         hint = (f" (such folders are deeper, in {[os.path.relpath(h, source) for h in deeper][:3]}: pass that "
                 "folder as --source)" if deeper else "")
-        raise SourceLayoutError(converter, expected, f"no such pair; the folder contains {_describe(source)}{hint}",
-                                source)
+        raise SourceLayoutError(converter, expected,
+                                f"no such pair; the folder contains {describe_folder(source)}{hint}", source)
     return _pair_in(hits[0], pairs)
 
 

@@ -33,23 +33,25 @@ pixels) instead of learning "everything is background".
 
 A placeholder is never a segmentation. Training and evaluation code that reads a dataset must check
 :func:`placeholder_labels` (or call :func:`check_real_labels`, which raises :class:`PlaceholderLabelsError`)
-before it uses labelsTr/labelsTs as ground truth, and :func:`n_clusters` for the number of clusters.
+before it uses labelsTr/labelsTs as ground truth, and :func:`n_clusters` for the number of clusters. These
+live in :mod:`nnunet_ext.core.labels` (what reads a dataset imports them from there); this module re-exports them.
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-from nnunet_ext.errors import UserError
+from nnunet_ext.core.labels import (EXT_KEY, PlaceholderLabelsError, check_real_labels, n_clusters,
+                                    placeholder_labels)
 
 from .build import Case, DatasetInfo, build_dataset, prepare_target
 from .cli import Converter, common_kwargs
 from .errors import BadCaseError, CaseDataError, ConversionArgumentError, SourceLayoutError, reading
-from .layout import _describe, child_dir, find_nested, list_files, require_source, strip_suffix
+from .layout import describe_folder, child_dir, find_nested, list_files, require_source, strip_suffix
 from .natural import channel_names, decide_rgb, safe_case_id
 from .parallel import run_parallel
 from .writers import read_natural_image, to_mode, write_png
@@ -61,45 +63,9 @@ _NAME = "stego"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LABEL_SUFFIXES = (".png",)
 SPLITS = ("train", "val")
-EXT_KEY = "nnunet_ext"
 REFERENCE = ("Hamilton et al., Unsupervised Semantic Segmentation by Distilling Feature Correspondences (STEGO), "
              "ICLR 2022")
 _EXPECTED = "a STEGO dataset folder with imgs/train/ (images; optional imgs/val/, labels/train/, labels/val/)"
-
-
-# ---------------------------------------------------------------- the placeholder convention
-class PlaceholderLabelsError(UserError, ValueError):
-    """A dataset's labels were asked for as ground truth, but they are placeholders (images-only dataset)."""
-
-
-def _ext(dataset_json: Mapping) -> Mapping:
-    ext = dataset_json.get(EXT_KEY) if isinstance(dataset_json, Mapping) else None
-    return ext if isinstance(ext, Mapping) else {}
-
-
-def placeholder_labels(dataset_json: dict) -> bool:
-    """True only when dataset.json says its labels are placeholders (``"nnunet_ext": {"placeholder_labels": true}``)."""
-    return _ext(dataset_json).get("placeholder_labels") is True
-
-
-def n_clusters(dataset_json: dict) -> int:
-    """The number of clusters (classes) of a dataset: ``nnunet_ext.n_clusters`` if dataset.json has it,
-    else the number of entries of ``labels`` other than nnU-Net's ``"ignore"`` label."""
-    k = _ext(dataset_json).get("n_clusters")
-    if k is not None:
-        return int(k)
-    labels = dataset_json.get("labels") or {}
-    return sum(1 for name in labels if name != "ignore")
-
-
-def check_real_labels(dataset_json: dict, what: str) -> None:
-    """Raise :class:`PlaceholderLabelsError` (a :class:`~nnunet_ext.errors.UserError`) when the labels of
-    the dataset are placeholders; ``what`` names the caller (e.g. ``"nnunet-ext evaluate"``)."""
-    if not placeholder_labels(dataset_json):
-        return
-    ds = _ext(dataset_json).get("dataset") or dataset_json.get("name") or "this dataset"
-    raise PlaceholderLabelsError(f"{what}: the labels of {ds} are placeholders (images-only dataset converted by "
-                                 "nnunet-ext convert stego); there is nothing to evaluate against")
 
 
 # ---------------------------------------------------------------- reading labels
@@ -190,8 +156,8 @@ def _find_root(source: str) -> str:
                                 "--source", source)
     if not hits:
         imgs = child_dir(source, "imgs")
-        found = (f"imgs/ without a train/ folder; imgs/ contains {_describe(imgs)}" if imgs else
-                 f"no imgs/ folder; the folder contains {_describe(source)}")
+        found = (f"imgs/ without a train/ folder; imgs/ contains {describe_folder(imgs)}" if imgs else
+                 f"no imgs/ folder; the folder contains {describe_folder(source)}")
         raise SourceLayoutError(_NAME, _EXPECTED, found, source)
     return hits[0]
 

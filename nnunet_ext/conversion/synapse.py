@@ -10,9 +10,10 @@ Supported source layout::
 
 ``--source`` may also be a folder up to two levels above (``data/`` of a TransUNet checkout); folder
 names may be spelt in any case. Training volumes are rebuilt by stacking each case's slices in
-slice-index order (indices must be contiguous from 0, or from 1 in a copy that numbers them so). Labels keep TransUNet's 8-organ map: 1 aorta, 2 gallbladder, 3 left kidney,
-4 right kidney, 5 liver, 6 pancreas, 7 spleen, 8 stomach (other values are an error). Intensities
-are kept as distributed (TransUNet clipped CT to [-125, 275] HU and scaled to [0, 1]).
+slice-index order (indices must be contiguous from 0, or from 1 in a copy that numbers them so). Labels
+keep TransUNet's 8-organ map: 1 aorta, 2 gallbladder, 3 left kidney, 4 right kidney, 5 liver, 6 pancreas,
+7 spleen, 8 stomach (other values are an error). Intensities are kept as distributed (TransUNet clipped CT to
+[-125, 275] HU and scaled to [0, 1]).
 
 The files store no voxel spacing; every volume gets ``spacing`` (x, y, z), default
 (0.76, 0.76, 3.0) mm: a typical BTCV voxel size (in-plane 0.54-0.98 mm, slice spacing 2.5-5 mm),

@@ -15,6 +15,9 @@ import shutil
 import tempfile
 from typing import Iterator, Optional
 
+from nnunet_ext import paths
+from nnunet_ext.atomic_io import move_folder_atomic
+
 from .errors import ConversionArgumentError, TargetExistsError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -47,7 +50,7 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     if not _NAME_RE.match(name or ""):
         raise ConversionArgumentError(f"dataset name {name!r} is not usable by nnU-Net: use letters, digits, '_' "
                          f"and '-' only (no spaces)")
-    return f"Dataset{dataset_id:03d}_{name}"
+    return paths.dataset_folder_name(dataset_id, name)
 
 
 def check_target(raw_root: str, folder_name: str, overwrite: bool) -> str:
@@ -58,12 +61,13 @@ def check_target(raw_root: str, folder_name: str, overwrite: bool) -> str:
     by id, so two folders with one id would make both unusable).
     """
     target = os.path.join(raw_root, folder_name)
-    prefix = folder_name.split("_", 1)[0] + "_"
+    ds_id = paths.dataset_id(folder_name)
+    prefix = paths.dataset_folder_name(ds_id, "")
     if os.path.isdir(raw_root):
         clashes = [d for d in os.listdir(raw_root)
                    if d.startswith(prefix) and d != folder_name and os.path.isdir(os.path.join(raw_root, d))]
         if clashes:
-            raise TargetExistsError(f"dataset id {prefix[7:10]} is already used by {clashes} in {raw_root}; "
+            raise TargetExistsError(f"dataset id {ds_id:03d} is already used by {clashes} in {raw_root}; "
                                     f"choose another --id (this converter never deletes a different dataset)")
     if os.path.exists(target) and not overwrite:
         raise TargetExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
@@ -91,14 +95,7 @@ def atomic_folder(target: str, overwrite: bool) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
-    if os.path.exists(target):
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise TargetExistsError(f"{target} appeared while converting; refusing to overwrite it")
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
-        os.rmdir(old)
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
+    if os.path.exists(target) and not overwrite:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TargetExistsError(f"{target} appeared while converting; refusing to overwrite it")
+    move_folder_atomic(tmp, target)

@@ -7,10 +7,13 @@ in the same dict nnU-Net checkpoints, so ``--c`` restores them with everything e
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Iterable
 
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+from nnunet_ext.atomic_io import replace_atomic
 
 
 class ExtLocalLogger(LocalLogger):
@@ -60,13 +63,12 @@ class ExtLocalLogger(LocalLogger):
         ax.set_ylabel("auxiliary terms (unweighted) and extra values")
         ax.legend(loc=(0, 1))
         plt.tight_layout()
-        tmp = path + ".aux.png"
-        fig.savefig(tmp, dpi=dpi)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=dpi)
         plt.close(fig)
-        panel = Image.open(tmp).convert("RGB")
+        png.seek(0)
+        panel = Image.open(png).convert("RGB")
         out = Image.new("RGB", (base.width, base.height + panel.height), "white")
         out.paste(base, (0, 0))
         out.paste(panel, (0, base.height))
-        out.save(path + ".tmp.png")
-        os.replace(path + ".tmp.png", path)
-        os.remove(tmp)
+        replace_atomic(path, lambda tmp: out.save(tmp), suffix=".png")

@@ -21,6 +21,8 @@ from typing import Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from nnunet_ext.paths import dataset_folder_name
+
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 
 
@@ -92,7 +94,8 @@ def make_phantom_3d(rng: np.random.Generator, spec: PhantomSpec = PhantomSpec())
     bias = 1.0 + 0.25 * _smooth_noise(rng, tuple(shape), 8.0)
     img = img * bias
     noise_sd = rng.uniform(0.03, 0.06)
-    img = np.sqrt((img + noise_sd * rng.standard_normal(img.shape)) ** 2 + (noise_sd * rng.standard_normal(img.shape)) ** 2)
+    img = np.sqrt((img + noise_sd * rng.standard_normal(img.shape)) ** 2
+                  + (noise_sd * rng.standard_normal(img.shape)) ** 2)
     scale = rng.uniform(200, 1200)  # MRI has no absolute unit: per-case arbitrary scale
     return (img * scale).astype(np.float32), label
 
@@ -154,7 +157,7 @@ def _nifti_cases(raw_root: str, dataset_id: int, name: str, counts: dict, seed: 
     origin in +-``origin_range`` mm; returns the dataset folder (``dataset.json`` is the caller's)."""
     import SimpleITK as sitk
 
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
     rng = np.random.default_rng(seed)
 
     def write_case(split, case):
@@ -194,7 +197,7 @@ def _png_dataset(raw_root: str, dataset_id: int, name: str, num_train: int, num_
     """Write ``make_case(rng) -> (image uint8, label uint8)`` cases as PNG (nnU-Net's natural-image reader)."""
     from PIL import Image
 
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
     rng = np.random.default_rng(seed)
 
     def write_case(split, case):

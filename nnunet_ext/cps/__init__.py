@@ -1,5 +1,5 @@
 """Cross pseudo supervision (CPS) with unlabelled images, uncertainty image filtering (UIF), and the
-pseudo-label route (METHODS.md section 5).
+pseudo-label route (docs/methods/cps.md).
 
 * ``network``: ``CPSNetworkPair``, the two planned networks as one module (what nnU-Net checkpoints and
   predicts with).
@@ -7,5 +7,9 @@ pseudo-label route (METHODS.md section 5).
 * ``term``: the loss term that nnU-Net's trainer machinery logs (``seg_b``, ``cps_a``, ``cps_b``).
 * ``uncertainty``: pseudo-label uncertainty scores, selection of the most certain cases, histogram.
 * ``trainer``: ``nnUNetTrainerCPS`` and ``nnUNetTrainerCPS_UIF``.
-* ``pseudo_label``: ``nnunet-ext pseudo-label`` (predict, filter, write a pseudo-labelled raw dataset).
+* ``pseudo_label``: the pseudo-label route (predict, filter, write a pseudo-labelled raw dataset).
+* ``cli``: its verb, ``nnunet-ext pseudo-label``.
+
+The unlabelled images themselves (layout, preprocessing, loading) are :mod:`nnunet_ext.unlabeled`'s, which
+imports nothing of this package.
 """

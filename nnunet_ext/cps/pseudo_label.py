@@ -19,7 +19,6 @@ json of the scores); a re-run predicts only what is missing. The source dataset 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from nnunet_ext.atomic_io import write_json_atomic
+from nnunet_ext.atomic_io import move_folder_atomic, replace_atomic, write_json_atomic
 from nnunet_ext.errors import UserError
 
 
@@ -111,14 +110,13 @@ def predict_unlabeled(s: PseudoLabelSettings, model_folder: Path, cases: Dict[st
         try:
             image, props = rw.read_images(cases[case])
         except Exception as e:  # unreadable: named, recorded, never used
-            records[case] = {"skipped": f"unreadable ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"}
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            records[case] = {"skipped": f"unreadable ({type(e).__name__}: {first})"}
             print(f"pseudo-label: skipped {case}: {records[case]['skipped']}", file=sys.stderr)
             write_json_atomic(scores_file, records)
             continue
         seg, probs = predictor.predict_single_npy_array(image, props, None, None, True)
-        tmp = cache / f".{case}.tmp{fe}"
-        rw.write_seg(seg, str(tmp), props)
-        os.replace(tmp, cache / f"{case}{fe}")
+        replace_atomic(cache / f"{case}{fe}", lambda tmp: rw.write_seg(seg, tmp, props), suffix=fe)
         records[case] = {"file": f"{case}{fe}", **pseudo_label_uncertainty(seg, probs)}
         write_json_atomic(scores_file, records)
     return records
@@ -136,7 +134,8 @@ def choose(records: dict, keep: float, max_uncertainty: Optional[float]) -> List
 
 
 def run_pseudo_label(s: PseudoLabelSettings) -> Path:
-    from nnunet_ext.paths import link_or_copy, nnunet_folder, resolve_dataset_name
+    from nnunet_ext.paths import (dataset_folder_name, link_or_copy, nnunet_folder, parse_dataset_name,
+                                  resolve_dataset_name)
     from nnunet_ext.unlabeled.raw import UNLABELED_DIR, unlabeled_cases
 
     name = resolve_dataset_name(s.dataset, PseudoLabelError)
@@ -159,8 +158,8 @@ def run_pseudo_label(s: PseudoLabelSettings) -> Path:
             raise PseudoLabelError(f"{model_folder / f'fold_{f}' / s.checkpoint} not found: train the model first "
                                    f"(nnUNetv2_train {name} {s.configuration} {f} -tr {s.trainer} -p {s.plans}) or "
                                    f"name another checkpoint with -chk")
-    target_name = f"Dataset{int(s.target_id):03d}_{s.target_name or name.split('_', 1)[1] + 'PL'}"
-    existing = [d.name for d in raw_root.glob(f"Dataset{int(s.target_id):03d}_*")]
+    target_name = dataset_folder_name(s.target_id, s.target_name or parse_dataset_name(name)[1] + "PL")
+    existing = [d.name for d in raw_root.glob(dataset_folder_name(s.target_id, "*"))]
     target = raw_root / target_name
     if existing:
         if not s.overwrite:
@@ -173,7 +172,8 @@ def run_pseudo_label(s: PseudoLabelSettings) -> Path:
             shutil.rmtree(raw_root / d)
 
     folds_tag = "_".join(str(f) for f in s.folds)
-    cache = model_folder / "pseudo_labels" / f"fold{folds_tag}_{Path(s.checkpoint).stem}{'' if s.use_mirroring else '_noTTA'}"
+    cache = model_folder / "pseudo_labels" / \
+        f"fold{folds_tag}_{Path(s.checkpoint).stem}{'' if s.use_mirroring else '_noTTA'}"
     records = predict_unlabeled(s, model_folder, cases, cache)
     kept = choose(records, s.keep, s.max_uncertainty)
 
@@ -209,7 +209,7 @@ def run_pseudo_label(s: PseudoLabelSettings) -> Path:
     write_json_atomic(staging / "dataset.json", new_json)
     write_json_atomic(staging / "pseudo_labels.json",
                 {**record, "cases": {c: {**r, "kept": c in kept} for c, r in sorted(records.items())}})
-    os.replace(staging, target)
+    move_folder_atomic(staging, target)
     print(f"pseudo-label: kept {len(kept)} of {record['predicted']} pseudo-label(s); wrote {target} "
           f"({len(labelled)} labelled + {len(kept)} pseudo-labelled training cases)")
     print(f"next: nnUNetv2_plan_and_preprocess -d {int(s.target_id)} -c {s.configuration} && "

@@ -1,6 +1,6 @@
 """Uncertainty of pseudo-labels, and the selection of the most certain unlabelled cases (UIF).
 
-No UIF code or criterion was ever published (METHODS.md section 5); these are the definitions used here.
+No UIF code or criterion was ever published (docs/methods/cps.md); these are the definitions used here.
 
 **UIF score of an unlabelled case** (``nnUNetTrainerCPS_UIF``; lower = more certain). The two networks
 predict ``patches_per_case`` patches of the preprocessed case at fixed positions (nnU-Net's sliding-window
@@ -37,7 +37,8 @@ def normalised_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -(p * p.log()).sum(dim) / math.log(c)
 
 
-def pair_uncertainty(logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torch.Tensor | None = None) -> Dict[str, float]:
+def pair_uncertainty(logits_a: torch.Tensor, logits_b: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> Dict[str, float]:
     """``{"entropy", "disagreement"}`` of two networks' logits (b, C, ...) over the ``valid`` voxels (b, ...)."""
     pa, pb = torch.softmax(logits_a.float(), 1), torch.softmax(logits_b.float(), 1)
     ent = normalised_entropy((pa + pb) / 2)

@@ -14,12 +14,10 @@ Steps (each skipped when its output already exists, so an interrupted demo resum
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -44,7 +42,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configuration", default="3d_fullres", help="nnU-Net configuration to train")
     p.add_argument("--long", action="store_true", default=argparse.SUPPRESS,
                    help=f"longer run: {LONG['epochs']} epochs x {LONG['iterations']} iterations instead of "
-                        f"{QUICK['epochs']} x {QUICK['iterations']} (the quick default: under 10 minutes on 2 CPU cores)")
+                        f"{QUICK['epochs']} x {QUICK['iterations']} (the quick default: under 10 minutes on 2 CPU "
+                        f"cores)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--iterations", type=int, default=None, help="override the iterations per epoch")
     p.add_argument("--train-cases", type=int, default=20, help="phantom training cases")
@@ -62,11 +61,6 @@ def _env(workdir: Path, demo_trainers: Path) -> dict:
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
     env.setdefault("nnUNet_n_proc_DA", str(max(1, min(4, (os.cpu_count() or 2) - 1))))
     return env
-
-
-def _bin(name: str) -> str:
-    cand = Path(sys.executable).parent / name
-    return str(cand) if cand.exists() else name
 
 
 def _run(cmd, env, log: Path, progress=None) -> None:
@@ -88,33 +82,21 @@ def _run(cmd, env, log: Path, progress=None) -> None:
 def _demo_variant(trainer: str, schedule: dict, env: dict) -> tuple[str, str]:
     """(variant class name, module source) of a short-schedule subclass of ``trainer``.
 
-    The trainer is looked up as ``nnUNetv2_train`` would, with the demo's ``nnUNet_extTrainer``; a
-    class from our trainers folder is imported through its installed package ``nnunet_ext_trainers``.
+    The trainer is looked up as ``nnUNetv2_train`` would, with the demo's ``nnUNet_extTrainer``; the module is
+    written by the project's one variant generator (:func:`nnunet_ext.core.schedule.variant_source`).
     """
-    import contextlib
-    import io
     from unittest import mock
 
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_ext.core.schedule import variant_source
+    from nnunet_ext.errors import UserError
+    from nnunet_ext.paths import find_trainer_class
 
-    from nnunet_ext.core.schedule import schedule_variant_source
-    from nnunet_ext.paths import trainers_path
-
-    import warnings
-
-    with mock.patch.dict(os.environ, {"nnUNet_extTrainer": env["nnUNet_extTrainer"]}), \
-            contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation chatter of imported trainer modules
-        cls = recursive_find_trainer_class_by_name(trainer)
-    module = cls.__module__
-    source_file = getattr(sys.modules.get(module), "__file__", None) or ""
-    if "." not in module and (Path(trainers_path()) / f"{module}.py").is_file():
-        module = f"nnunet_ext_trainers.{module}"
-    elif "." not in module or importlib.util.find_spec(module.split(".")[0]) is None:
-        raise RuntimeError(f"the demo compares trainers from importable packages (nnunetv2, nnunet_ext and "
-                           f"nnunet_ext's trainers folder); {trainer} comes from {source_file or module!r}")
+    with mock.patch.dict(os.environ, {"nnUNet_extTrainer": env["nnUNet_extTrainer"]}):
+        cls = find_trainer_class(trainer)
+    if cls is None:
+        raise UserError(f"--trainers: nnU-Net does not find {trainer} (nnunet-ext trainers {trainer} says why)")
     name = f"{trainer}_demo"
-    return name, schedule_variant_source(module, cls.__name__, name, schedule)
+    return name, variant_source(cls, name, schedule, generated_by="nnunet-ext demo")
 
 
 def _epoch_progress(log_folder: Path, total: int, desc: str):
@@ -148,12 +130,15 @@ def run_demo(args) -> dict:
     import SimpleITK as sitk
     import torch
 
+    from nnunet_ext.atomic_io import move_folder_atomic, write_json_atomic
     from nnunet_ext.core.synthetic import DEMO_SPEC, generate_dataset_3d
     from nnunet_ext.core.trainer import NNUNET_LOG_KEYS
+    from nnunet_ext.core.schedule import write_variant_module
     from nnunet_ext.demo.report import write_report
+    from nnunet_ext.paths import console_script, dataset_folder_name, require_output_folder
 
     t_start = time.time()
-    workdir = Path(args.workdir).resolve()
+    workdir = require_output_folder(args.workdir, "--workdir").resolve()
     budget = dict(LONG if getattr(args, "long", False) else QUICK)
     if args.epochs:
         budget["epochs"] = args.epochs
@@ -166,10 +151,14 @@ def run_demo(args) -> dict:
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(env[k]).mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
-    ds_name = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
+    ds_name = dataset_folder_name(DEMO_DATASET_ID, DEMO_DATASET_NAME)
     raw = Path(env["nnUNet_raw"]) / ds_name
     print(f"nnunet_ext demo in {workdir} (device {device}, {budget['epochs']} epochs x {budget['iterations']} "
           f"iterations per trainer)")
+    # the trainers first (a mistyped name fails here, before any heavy work)
+    schedule = {"num_epochs": budget["epochs"], "num_iterations_per_epoch": budget["iterations"],
+                "num_val_iterations_per_epoch": max(2, budget["iterations"] // 5)}
+    sources = {tr: _demo_variant(tr, schedule, env) for tr in trainers}
 
     # 1. data
     if not (raw / "dataset.json").is_file():
@@ -178,7 +167,7 @@ def run_demo(args) -> dict:
         tmp.mkdir(parents=True, exist_ok=True)
         generate_dataset_3d(str(tmp), DEMO_DATASET_ID, DEMO_DATASET_NAME, args.train_cases, args.test_cases,
                             spec=DEMO_SPEC, seed=args.seed)
-        os.replace(tmp / ds_name, raw)
+        move_folder_atomic(tmp / ds_name, raw)
         tmp.rmdir()
     else:
         print(f"[1/5] dataset {ds_name} exists, kept")
@@ -188,22 +177,16 @@ def run_demo(args) -> dict:
     if not plans.is_file() or not (plans.parent / f"nnUNetPlans_{args.configuration}").is_dir():
         print("[2/5] nnUNetv2_plan_and_preprocess")
         n = env["nnUNet_def_n_proc"]
-        _run([_bin("nnUNetv2_plan_and_preprocess"), "-d", DEMO_DATASET_ID, "-c", args.configuration, "-npfp", n,
-              "-np", n, "--verify_dataset_integrity"], env, logs / "plan_and_preprocess.log")
+        _run([console_script("nnUNetv2_plan_and_preprocess"), "-d", DEMO_DATASET_ID, "-c", args.configuration,
+              "-npfp", n, "-np", n, "--verify_dataset_integrity"], env, logs / "plan_and_preprocess.log")
     else:
         print("[2/5] plans and preprocessed data exist, kept")
 
     # 3. train
-    demo_trainers.mkdir(parents=True, exist_ok=True)
-    schedule = {"num_epochs": budget["epochs"], "num_iterations_per_epoch": budget["iterations"],
-                "num_val_iterations_per_epoch": max(2, budget["iterations"] // 5)}
     results = {"budget": budget, "device": device, "trainers": {}}
     variants = {}
-    for tr in trainers:
-        name, src = _demo_variant(tr, schedule, env)
-        module_file = demo_trainers / f"demo_{name}.py"
-        if not module_file.is_file() or module_file.read_text() != src:
-            module_file.write_text(src)
+    for tr, (name, src) in sources.items():
+        write_variant_module(demo_trainers / f"demo_{name}.py", src)
         variants[tr] = name
     for i, tr in enumerate(trainers):
         name = variants[tr]
@@ -212,7 +195,8 @@ def run_demo(args) -> dict:
             print(f"[3/5] {tr}: trained model exists, kept")
         else:
             print(f"[3/5] training {tr} ({i + 1}/{len(trainers)}), log: {logs / f'train_{tr}.log'}")
-            cmd = [_bin("nnUNetv2_train"), DEMO_DATASET_ID, args.configuration, 0, "-tr", name, "-device", device]
+            cmd = [console_script("nnUNetv2_train"), DEMO_DATASET_ID, args.configuration, 0, "-tr", name,
+                   "-device", device]
             if (fold / "checkpoint_latest.pth").is_file():
                 cmd.append("--c")  # resume an interrupted run
             _run(cmd, env, logs / f"train_{tr}.log", _epoch_progress(fold, budget["epochs"], tr))
@@ -234,7 +218,7 @@ def run_demo(args) -> dict:
             print(f"[4/5] {tr}: predictions exist, kept")
             continue
         print(f"[4/5] nnUNetv2_predict with {tr} on {len(cases)} held-out cases")
-        _run([_bin("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", out, "-d", DEMO_DATASET_ID, "-c",
+        _run([console_script("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", out, "-d", DEMO_DATASET_ID, "-c",
               args.configuration, "-f", 0, "-tr", variants[tr], "-device", device, "-npp", 1, "-nps", 1],
              env, logs / f"predict_{tr}.log")
 
@@ -258,5 +242,5 @@ def run_demo(args) -> dict:
     print(TIME_NOTE)
     print()
     print(f"report: {report['path']}   (total {results['wall_time_s'] / 60:.1f} min)")
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    write_json_atomic(workdir / "results.json", results)
     return results

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ext.atomic_io import write_text_atomic
+from nnunet_ext.core.labels import check_real_labels
+from nnunet_ext.paths import require_output_folder
 from nnunet_ext.evaluation.metrics import (DEFAULT_TOLERANCE_MM, EvaluationError, case_metrics, class_key,
                                            normalize_class, resolve_tolerance, summarize)
 
@@ -189,7 +191,8 @@ def _supported_endings() -> list:
     return sorted(endings, key=len, reverse=True)
 
 
-def _infer_file_ending(folder: Path) -> str:
+def infer_file_ending(folder: Path) -> str:
+    """The one file ending (of those nnU-Net's readers know) of the segmentation files in ``folder``."""
     endings = _supported_endings()
     counts = {}
     for f in folder.iterdir():
@@ -209,13 +212,15 @@ def _infer_file_ending(folder: Path) -> str:
     return next(iter(counts))
 
 
-def _list_cases(folder: Path, file_ending: str) -> dict:
+def list_cases(folder: Path, file_ending: str) -> dict:
+    """``{case: file}`` of the visible files in ``folder`` ending in ``file_ending`` (sorted)."""
     n = len(file_ending)
     return {f.name[:-n]: f for f in sorted(folder.iterdir())
             if f.is_file() and not f.name.startswith(".") and f.name.endswith(file_ending) and len(f.name) > n}
 
 
-def _reader_class(dataset_json: dict | None, file_ending: str, example: Path):
+def reader_class(dataset_json: dict | None, file_ending: str, example: Path):
+    """nnU-Net's reader class for these files: dataset.json's, else the one for the file ending."""
     import contextlib
     import io
 
@@ -322,8 +327,6 @@ def _evaluate_case(task: dict) -> dict:
 def _refuse_placeholder_labels(dj: dict | None, gt_dir: Path) -> None:
     """Placeholder labels (an images-only dataset, ``nnunet-ext convert stego``) are never evaluated against:
     checked in the given dataset.json and in the one beside ``gt_dir`` (``labelsTr``/``labelsTs``)."""
-    from nnunet_ext.conversion.stego import check_real_labels
-
     near = gt_dir.parent / "dataset.json"
     for d in (dj, _load_json_file(near) if near.is_file() else None):
         if d is not None:
@@ -358,12 +361,14 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
     for what, d in (("reference folder", gt_dir), ("prediction folder", pred_dir)):
         if not d.is_dir():
             raise EvaluationError(f"{what} {d} does not exist or is not a folder")
+    if out_dir is not None:
+        require_output_folder(out_dir, "output folder", EvaluationError)
     dj = load_dataset_json(dataset_json)
     _refuse_placeholder_labels(dj, gt_dir)
     if isinstance(tolerance, str):  # the CLI's forms ("1", "1=2.0,2=1.5", JSON) work here too
         tolerance = parse_tolerance(tolerance)
     if file_ending is None:
-        file_ending = dj.get("file_ending") if dj and dj.get("file_ending") else _infer_file_ending(gt_dir)
+        file_ending = dj.get("file_ending") if dj and dj.get("file_ending") else infer_file_ending(gt_dir)
     if not file_ending.startswith("."):
         file_ending = "." + file_ending
 
@@ -377,10 +382,10 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
         names, ignore_label = None, None
         label_source = "foreground labels found in the reference files"
 
-    gt_cases = _list_cases(gt_dir, file_ending)
+    gt_cases = list_cases(gt_dir, file_ending)
     if not gt_cases:
         raise EvaluationError(f"no reference files ending in {file_ending} in {gt_dir}")
-    pred_cases = _list_cases(pred_dir, file_ending)
+    pred_cases = list_cases(pred_dir, file_ending)
     missing = sorted(set(gt_cases) - set(pred_cases))
     extra = sorted(set(pred_cases) - set(gt_cases))
     if missing and not allow_missing:
@@ -402,7 +407,7 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
     else:  # classes known only after reading: check the values now, completeness at the end
         task_tol = _tolerance_for_unknown_classes(tolerance)
 
-    reader = _reader_class(dj, file_ending, gt_cases[cases[0]])
+    reader = reader_class(dj, file_ending, gt_cases[cases[0]])
     tasks = [{"case": c, "ref_file": gt_cases[c], "pred_file": pred_cases[c], "reader": reader, "classes": classes,
               "names": names, "ignore_label": ignore_label,
               "tolerance": task_tol} for c in cases]

@@ -1,10 +1,14 @@
-"""The ``plan-c2f`` and ``predict-c2f`` verbs (registered by ``nnunet_ext.cli``)."""
+"""The ``plan-c2f`` and ``predict-c2f`` verbs (registered by ``nnunet_ext.cli``), and the crop of the fine
+configuration's unlabelled cases, handed to ``preprocess-unlabeled`` (:mod:`nnunet_ext.unlabeled.roi`)."""
 from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from nnunet_ext.flare22.plan import DEFAULT_COARSE_SIZE
+    from nnunet_ext.flare22.plan import DEFAULT_COARSE_SIZE, FINE_ROI_CROP
     from nnunet_ext.flare22.roi import DEFAULT_MARGIN_MM
+    from nnunet_ext.unlabeled.roi import register_roi_crop
+
+    register_roi_crop(FINE_ROI_CROP)
 
     p = subparsers.add_parser(
         "plan-c2f", help="add the 3d_coarse and 3d_fine configurations (coarse-to-fine, FLARE22) to the plans",
@@ -44,6 +48,13 @@ def cmd_plan_c2f(args) -> int:
 
 
 def cmd_predict_c2f(args) -> int:
+    from nnunet_ext.paths import require_input_folder, require_output_file, require_output_folder
+
+    # the paths first: loading both models takes a while
+    require_input_folder(args.input, "input folder -i")
+    require_output_folder(args.output, "output folder -o")
+    if args.csv:
+        require_output_file(args.csv, "--csv")
     from nnunet_ext.flare22.predict import run_predict_c2f
     return run_predict_c2f(args)
 

@@ -28,10 +28,35 @@ import numpy as np
 from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.flare22.roi import DEFAULT_MARGIN_MM, roi_from_mask
+from nnunet_ext.unlabeled.roi import ROICrop
 
 COARSE, FINE = "3d_coarse", "3d_fine"
 DEFAULT_COARSE_SIZE = 160
 COARSE_BASE_FEATURES, COARSE_MAX_FEATURES = 16, 256
+
+
+def is_fine_configuration(configuration: dict) -> bool:
+    """True for a fine configuration planned by plan-c2f (``"nnunet_ext": {"c2f": "fine"}``): its cases are cropped
+    to a region of interest."""
+    return configuration.get("nnunet_ext", {}).get("c2f") == "fine"
+
+
+def _roi_crop_preprocessor() -> type:
+    from nnunet_ext.flare22.preprocess import ROICropPreprocessor
+    return ROICropPreprocessor
+
+
+def _fine_masks_hint(dataset: str, name: str, configuration: dict, images_folder: str) -> str:
+    coarse = configuration["nnunet_ext"].get("coarse_configuration", COARSE)
+    return (f"{name} is the fine configuration of coarse-to-fine plans: its unlabelled cases are cropped to a region "
+            f"of interest. Give one mask per case with --roi-masks DIR, e.g. the coarse model's predictions: "
+            f"nnUNetv2_predict -i {images_folder} -o DIR -d {dataset} -c {coarse}")
+
+
+#: how ``preprocess-unlabeled`` crops the unlabelled cases of a fine configuration (``ROICropPreprocessor``, to one
+#: mask per case); handed to :mod:`nnunet_ext.unlabeled.roi` by ``nnunet_ext.flare22.cli``
+FINE_ROI_CROP = ROICrop(applies=is_fine_configuration, preprocessor=_roi_crop_preprocessor,
+                        masks_hint=_fine_masks_hint)
 
 
 def coarse_spacing(fullres_spacing: Sequence[float], median_shape: Sequence[float],
@@ -94,10 +119,10 @@ def plan_c2f(dataset, plans: str = "nnUNetPlans", planner: str = "ExperimentPlan
              margin_mm: float = DEFAULT_MARGIN_MM, num_processes: int = 2, preprocess: bool = True) -> Dict[str, dict]:
     """Add ``3d_coarse`` and ``3d_fine`` to ``plans`` of ``dataset`` (planning nnU-Net's configurations first if the
     plans do not exist, extracting the fingerprint first if needed) and preprocess both."""
-    from nnunet_ext.paths import nnunet_folder, resolve_dataset_name
+    from nnunet_ext.paths import dataset_id, nnunet_folder, resolve_dataset_name
 
     name = resolve_dataset_name(dataset)
-    ds_id = int(name[len("Dataset"):len("Dataset") + 3])
+    ds_id = dataset_id(name)
     pre = nnunet_folder("nnUNet_preprocessed") / name
     if not (pre / "dataset_fingerprint.json").is_file():
         from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
@@ -144,8 +169,8 @@ def plan_c2f(dataset, plans: str = "nnUNetPlans", planner: str = "ExperimentPlan
     write_json_atomic(plans_file, p, indent=4)
     for c, cfg in ((COARSE, coarse), (FINE, fine)):
         print(f"plan-c2f: {name} {plans}: {c}: spacing {[round(s, 3) for s in cfg['spacing']]}, median size "
-              f"{list(cfg['median_image_size_in_voxels'])}, patch {list(cfg['patch_size'])}, batch {cfg['batch_size']}, "
-              f"features {list(cfg['architecture']['arch_kwargs']['features_per_stage'])}")
+              f"{list(cfg['median_image_size_in_voxels'])}, patch {list(cfg['patch_size'])}, "
+              f"batch {cfg['batch_size']}, features {list(cfg['architecture']['arch_kwargs']['features_per_stage'])}")
     if preprocess:
         preprocess_c2f(ds_id, plans, num_processes)
     print(f"next: nnUNetv2_train {ds_id} {COARSE} 0 && nnUNetv2_train {ds_id} {FINE} 0   (any -tr), then "

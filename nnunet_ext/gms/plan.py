@@ -27,7 +27,7 @@ from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 
 GMS_CONFIG = "gms_2d"
-GMS_BATCH_SIZE = 8  # GMS's (METHODS.md section 2)
+GMS_BATCH_SIZE = 8  # GMS's (docs/methods/gms.md)
 
 
 def plan_gms(dataset, plans: str = "nnUNetPlans", source: str = "2d", name: str = GMS_CONFIG,

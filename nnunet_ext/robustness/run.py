@@ -46,9 +46,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_ext.atomic_io import save_figure_atomic, write_json_atomic, write_text_atomic
+from nnunet_ext.atomic_io import replace_atomic, save_figure_atomic, write_json_atomic, write_text_atomic
 from nnunet_ext.errors import UserError
-from nnunet_ext.paths import link_or_copy
+from nnunet_ext.paths import link_or_copy, nnunet_folder, require_output_folder, resolve_dataset_name
 from nnunet_ext.robustness.corruptions import CORRUPTIONS, NUM_SEVERITIES, available_corruptions, corrupt
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
@@ -101,20 +101,9 @@ class Settings:
     progress: bool = True
 
 
-def _env_dir(var: str) -> Path:
-    from nnunet_ext.paths import nnunet_folder
-    return nnunet_folder(var, RobustnessError)
-
-
-def resolve_dataset_name(dataset: str) -> str:
-    """``DatasetXXX_Name`` for an id or a name (``nnunet_ext.paths.resolve_dataset_name``)."""
-    from nnunet_ext.paths import resolve_dataset_name as resolve
-    return resolve(dataset, RobustnessError)
-
-
 def find_model(dataset_name: str, trainer: str, plans: str, configuration: str, fold: str) -> Model:
     """The trained model folder and its checkpoint (final, else best, else latest, with a printed note)."""
-    folder = _env_dir("nnUNet_results") / dataset_name / f"{trainer}__{plans}__{configuration}"
+    folder = nnunet_folder("nnUNet_results", RobustnessError) / dataset_name / f"{trainer}__{plans}__{configuration}"
     fold_dir = folder / f"fold_{fold}"
     for i, name in enumerate(CHECKPOINTS):
         if (fold_dir / name).is_file():
@@ -146,7 +135,7 @@ def default_test_set(dataset_name: str, fold: str, dataset_json: dict) -> List[C
     """The fold's validation cases (splits_final.json), images from imagesTr and labels from labelsTr of $nnUNet_raw."""
     if fold == "all":
         raise RobustnessError("fold 'all' has no validation cases: give a test set with -i IMAGES -gt LABELS")
-    splits_file = _env_dir("nnUNet_preprocessed") / dataset_name / "splits_final.json"
+    splits_file = nnunet_folder("nnUNet_preprocessed", RobustnessError) / dataset_name / "splits_final.json"
     if not splits_file.is_file():
         raise RobustnessError(f"{splits_file} is missing (nnUNetv2_train writes it); "
                               f"or give a test set with -i and -gt")
@@ -154,7 +143,7 @@ def default_test_set(dataset_name: str, fold: str, dataset_json: dict) -> List[C
     if not 0 <= int(fold) < len(splits):
         raise RobustnessError(f"{splits_file} has {len(splits)} folds, no fold {fold}")
     val = list(splits[int(fold)]["val"])
-    raw = _env_dir("nnUNet_raw") / dataset_name
+    raw = nnunet_folder("nnUNet_raw", RobustnessError) / dataset_name
     raw_json = raw / "dataset.json"
     if raw_json.is_file():
         dataset_json = json.loads(raw_json.read_text())
@@ -277,10 +266,12 @@ def _resolve_device(device: Optional[str]):
 # --------------------------------------------------------------------------------------------- the run
 def plan_run(s: Settings):
     """Check everything a run needs before any work: models, test set, corruptions. Returns a dict."""
+    if s.out:
+        require_output_folder(s.out, "output folder -o", RobustnessError)
     for c in s.corruptions or ():
         if c not in CORRUPTIONS:
             raise RobustnessError(f"unknown corruption {c!r}; known: {', '.join(CORRUPTIONS)}")
-    dataset_name = resolve_dataset_name(s.dataset)
+    dataset_name = resolve_dataset_name(s.dataset, RobustnessError)
     fold = str(s.fold)
     if fold != "all" and not fold.isdigit():
         raise RobustnessError(f"-f must be a fold number or 'all', got {fold!r}")
@@ -324,7 +315,8 @@ def plan_run(s: Settings):
     if s.out:
         out = Path(s.out)
     else:
-        out = _env_dir("nnUNet_results") / dataset_name / f"robustness_{s.configuration}_fold{fold}"
+        out = nnunet_folder("nnUNet_results", RobustnessError) / dataset_name / \
+            f"robustness_{s.configuration}_fold{fold}"
     return dict(dataset_name=dataset_name, fold=fold, models=models, dataset_json=dataset_json, plans=plans,
                 cases=cases, rw_class=rw_class, corruptions=corruptions, severities=severities, out=out,
                 kind=kind, dataset_json_path=str(models[0].folder / "dataset.json"))
@@ -390,8 +382,6 @@ def _predict_trainer(s: Settings, p: dict, model: Model, device, todo: Dict[str,
     for folder, cases in todo.items():
         for c in cases:
             per_case.setdefault(c.id, []).append(folder)
-    tmp_dir = out / "predictions" / model.trainer / ".tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     total = sum(len(v) for v in per_case.values())
     with tqdm(total=total, desc=f"{model.trainer}", unit="pred", file=sys.stderr, disable=not s.progress) as bar:
         for case in p["cases"]:
@@ -407,11 +397,8 @@ def _predict_trainer(s: Settings, p: dict, model: Model, device, todo: Dict[str,
                 seg = predictor.predict_single_npy_array(np.ascontiguousarray(x, dtype=np.float32),
                                                          copy.deepcopy(props), None, None, False)
                 target = out / "predictions" / model.trainer / folder / (case.id + fe)
-                tmp = tmp_dir / f"{folder}__{case.id}{fe}"
-                rw.write_seg(seg, str(tmp), props)
-                os.replace(tmp, target)
+                replace_atomic(target, lambda tmp: rw.write_seg(seg, tmp, props), suffix=fe)
                 bar.update()
-    shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _evaluate(s: Settings, p: dict, pred_dir: Path, json_path: Path) -> dict:

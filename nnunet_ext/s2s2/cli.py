@@ -134,6 +134,9 @@ def cmd_tune(args) -> int:
         raise S2S2Error(f"--channels must be comma-separated integers, got {args.channels!r}")
     if args.fold != "all" and not args.fold.isdigit():
         raise S2S2Error(f"-f must be a fold number or all, got {args.fold!r}")
+    if args.output:
+        from nnunet_ext.paths import require_output_folder
+        require_output_folder(args.output, "output folder -o", S2S2Error)
     st = TuneSettings(steps=args.steps, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
                       warmup=args.warmup, save_every=args.save_every, block_channels=channels,
                       layers_per_block=args.layers_per_block, mid_attention=args.mid_attention,

@@ -1,4 +1,4 @@
-"""The mask-conditioned diffusion generator of S2S2 (METHODS.md section 1), built with diffusers.
+"""The mask-conditioned diffusion generator of S2S2 (docs/methods/s2s2.md), built with diffusers.
 
 Model: a diffusers ``UNet2DModel`` whose input is the noisy image (the C channels as nnU-Net normalised them, then
 standardised with the training slices' per-channel mean and std) concatenated with the one-hot label map (one
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +35,9 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from nnunet_ext.atomic_io import write_json_atomic
+from nnunet_ext.atomic_io import replace_folder_atomic, write_json_atomic
 from nnunet_ext.errors import UserError
+from nnunet_ext.paths import DATASET_NAME_RE, dataset_id, nnunet_folder
 
 SPEC_FILE = "s2s2_diffusion.json"
 GENERATOR_PREFIX = "s2s2_generator"
@@ -52,17 +51,15 @@ class DiffusionModelError(UserError):
 def tuned_folder(dataset_name: str, generator: str, plans: str, configuration: str, fold) -> Path:
     """``$nnUNet_results/DatasetXXX_Name/s2s2_generator__<generator>__<plans>__<configuration>/fold_<fold>/``
     (named like nnU-Net's trainer folders)."""
-    from nnunet_ext.paths import nnunet_folder
-
     return (nnunet_folder("nnUNet_results", DiffusionModelError) / dataset_name
             / f"{GENERATOR_PREFIX}__{generator}__{plans}__{configuration}" / f"fold_{fold}")
 
 
 def tune_command(dataset_name: str, configuration: str, plans: str, fold, generator: str = "diffusion") -> str:
-    ds = dataset_name[len("Dataset"):len("Dataset") + 3] if dataset_name.startswith("Dataset") else dataset_name
+    ds = dataset_id(dataset_name) if DATASET_NAME_RE.fullmatch(dataset_name) else dataset_name
     plans = f" -p {plans}" if plans != "nnUNetPlans" else ""
     gen = f" --generator {generator}" if generator != "diffusion" else ""
-    return f"nnunet-ext s2s2-tune -d {int(ds) if ds.isdigit() else ds} -c {configuration} -f {fold}{plans}{gen}"
+    return f"nnunet-ext s2s2-tune -d {ds} -c {configuration} -f {fold}{plans}{gen}"
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -130,21 +127,6 @@ def weights_checksum(unet_folder) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]
-
-
-def _replace_path(tmp: Path, dst: Path) -> None:
-    """Put ``tmp`` (file or folder) at ``dst``; a folder is swapped by two renames."""
-    if tmp.is_dir():
-        old = dst.with_name(f".{dst.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if dst.exists():
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old.exists():
-            shutil.rmtree(old)
-    else:
-        os.replace(tmp, dst)
 
 
 def autocast(device: torch.device):
@@ -279,11 +261,7 @@ def _save_parts(folder, parts: dict, spec: DiffusionSpec, info: Optional[dict], 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, obj in parts.items():
-        tmp = folder / f".{name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        obj.save_pretrained(str(tmp))
-        _replace_path(tmp, folder / name)
+        replace_folder_atomic(folder / name, lambda tmp, obj=obj: obj.save_pretrained(tmp))
     d = asdict(spec)
     d["info"] = {**d.get("info", {}), **(info or {}), "weights_sha256": weights_checksum(folder / weights)}
     write_json_atomic(folder / SPEC_FILE, d)

@@ -136,7 +136,8 @@ def write_preview(out: Path, data_dir: Path, cases: List[str], max_copies: int =
         stack = open_stack_case(out, case)
         z = data.shape[1] // 2
         real = np.asarray(data[0, z])
-        panels = [np.asarray(seg[0, z]), real] + [np.asarray(stack[i, 0, z]) for i in range(min(max_copies, stack.shape[0]))]
+        panels = [np.asarray(seg[0, z]), real] + [np.asarray(stack[i, 0, z])
+                                                  for i in range(min(max_copies, stack.shape[0]))]
         for c, ax in enumerate(axes[r]):
             ax.axis("off")
             if c < len(panels):

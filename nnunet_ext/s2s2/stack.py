@@ -7,18 +7,23 @@
 * ``stack.json``: generator, its settings, K;
 * ``preview.png``: masks, real images and generated copies side by side.
 
-Writes are atomic (temporary file, then rename): a case file exists only when complete, so an interrupted run
-resumes by skipping the cases that exist. ``shard`` splits the cases like ``nnUNetv2_predict -part_id/-num_parts``.
+Writes are atomic (:mod:`nnunet_ext.atomic_io`: temporary file, then rename): a case file exists only when complete,
+so an interrupted run resumes by skipping the cases that exist. ``shard`` splits the cases like
+``nnUNetv2_predict -part_id/-num_parts`` (:mod:`nnunet_ext.core.sharding`, the project's one rule).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 
-from nnunet_ext.atomic_io import write_json_atomic
+from nnunet_ext.atomic_io import write_blosc2_atomic, write_json_atomic
+from nnunet_ext.core.sharding import shard
+
+__all__ = ["STACK_INFIX", "stack_folder", "available_stacks", "shard", "write_stack_case", "open_stack_case",
+           "write_stack_info"]
 
 STACK_INFIX = "_s2s2_"
 
@@ -35,25 +40,9 @@ def available_stacks(preprocessed_dataset_dir, data_identifier: str) -> List[str
         if base.is_dir() else []
 
 
-def shard(cases: Sequence[str], part: int, num_parts: int) -> List[str]:
-    """Every ``num_parts``-th case from ``part`` on (sorted): the parts cover every case exactly once."""
-    if not 0 <= part < num_parts:
-        raise ValueError(f"--part must be in 0..{num_parts - 1}, got {part}")
-    return sorted(cases)[part::num_parts]
-
-
 def write_stack_case(folder, case: str, copies: np.ndarray, patch_size) -> None:
-    """Write ``copies`` (K, C, *spatial) of one case atomically."""
-    import blosc2
-    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
-
-    copies = np.ascontiguousarray(copies, dtype=np.float32)
-    blocks, chunks = comp_blosc2_params(copies.shape[1:], tuple(patch_size), copies.itemsize)
-    folder = Path(folder)
-    tmp = folder / f".{case}.tmp.b2nd"
-    blosc2.asarray(copies, urlpath=str(tmp), chunks=(1, *chunks), blocks=(1, *blocks), mode="w",
-                   cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
-    os.replace(tmp, folder / f"{case}.b2nd")
+    """Write ``copies`` (K, C, *spatial) of one case atomically, one copy per chunk row."""
+    write_blosc2_atomic(Path(folder) / f"{case}.b2nd", copies, patch_size, leading_axes=1)
 
 
 def open_stack_case(folder, case: str):

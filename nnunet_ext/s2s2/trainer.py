@@ -23,6 +23,7 @@ import torch
 
 from nnunet_ext.core.loss_terms import LossTerm
 from nnunet_ext.core.trainer import nnUNetTrainerExt
+from nnunet_ext.paths import dataset_id
 from nnunet_ext.s2s2.generate import S2S2Error
 from nnunet_ext.s2s2.stack import available_stacks, stack_folder
 from nnunet_ext.s2s2.term import S2S2Term, half
@@ -51,7 +52,7 @@ class nnUNetTrainerS2S2(nnUNetTrainerExt):
                                                       self.s2s2_alpha_dec, self.s2s2_enc_stages)]
 
     def _generate_command(self) -> str:
-        ds_id = int(self.plans_manager.dataset_name[len("Dataset"):len("Dataset") + 3])
+        ds_id = dataset_id(self.plans_manager.dataset_name)
         plans = f" -p {self.plans_manager.plans_name}" if self.plans_manager.plans_name != "nnUNetPlans" else ""
         return (f"nnunet-ext s2s2-generate -d {ds_id} -c {self.configuration_name}{plans} "
                 f"--generator {self.s2s2_generator or 'gin'}")

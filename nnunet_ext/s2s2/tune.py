@@ -94,9 +94,7 @@ def training_cases(prep, fold) -> List[str]:
     splits_file = prep.folder / "splits_final.json"
     if not splits_file.is_file():
         splits = generate_crossval_split(keys, seed=12345, n_splits=5)
-        tmp = splits_file.with_name(f".splits_final.json.tmp{os.getpid()}")
-        save_json(splits, str(tmp))
-        os.replace(tmp, splits_file)
+        replace_atomic(splits_file, lambda tmp: save_json(splits, tmp))
     splits = load_json(str(splits_file))
     if fold < len(splits):
         return list(splits[fold]["train"])

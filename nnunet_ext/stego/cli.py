@@ -42,8 +42,13 @@ def cmd_stego_knn(args) -> int:
 
 
 def cmd_stego_evaluate(args) -> int:
+    from nnunet_ext.paths import require_input_folder, require_output_file
     from nnunet_ext.stego.evaluate import evaluate_clusters, format_result
 
+    require_input_folder(args.gt, "-gt")
+    require_input_folder(args.pred, "-pred")
+    if args.out is not None:  # before reading any case
+        require_output_file(args.out, "-o")
     dj = None
     if args.dataset is not None:
         from nnunet_ext.evaluation.evaluate import find_dataset_json
@@ -83,8 +88,12 @@ def _register_crf(subparsers) -> None:
 
 
 def cmd_stego_crf(args) -> int:
+    from nnunet_ext.paths import require_input_folder, require_output_folder
     from nnunet_ext.stego.refine import refine_prediction_folder
 
+    require_input_folder(args.images, "-i")
+    require_input_folder(args.pred, "-p")
+    require_output_folder(args.out, "-o")  # before reading any case
     done, skipped = refine_prediction_folder(args.images, args.pred, args.out, dataset=args.dataset,
                                              iterations=args.iterations, max_pixels=args.max_pixels,
                                              guide=args.guide, device=args.device,

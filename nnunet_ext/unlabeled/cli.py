@@ -1,4 +1,7 @@
-"""The ``preprocess-unlabeled`` and ``pseudo-label`` verbs (registered by ``nnunet_ext.cli``; light imports)."""
+"""The ``preprocess-unlabeled`` verb (registered by ``nnunet_ext.cli``; light imports).
+
+The ``pseudo-label`` verb, which predicts unlabelled images with a trained model, is CPS's: :mod:`nnunet_ext.cps.cli`.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,18 +14,6 @@ $nnUNet_preprocessed/DatasetXXX_Name/<data_identifier>_unlabeled/. Run it after 
 and preprocessing; the CPS trainers read the result. Resumable (re-run the same command); bad files are
 named and skipped (listed in skipped.json)."""
 
-PSEUDO_DESCRIPTION = """\
-The pseudo-label route (what the FLARE22 winner did with nnU-Net): predict the unlabelled images with a trained
-model (nnU-Net's predictor, its probabilities kept in memory only), score each pseudo-label's uncertainty,
-keep the most certain ones, and write a new raw dataset = the labelled cases + the kept pseudo-labelled cases
-(imagesTr/labelsTr; imagesTs/labelsTs and imagesUnlabeled carried over) that stock nnU-Net trains on. Repeat
-with a model trained on the new dataset to iterate.
-
-Uncertainty of a pseudo-label (documented in nnunet_ext/cps/uncertainty.py): the mean normalised entropy
-(0..1) of the predicted class probabilities over the voxels predicted as foreground or next to it (the
-whole image when nothing is predicted); an empty prediction is never kept."""
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("preprocess-unlabeled", help="preprocess imagesUnlabeled with the dataset's plans",
                               description=PREPROCESS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,54 +24,20 @@ def register(subparsers) -> None:
     p.add_argument("-np", dest="num_processes", type=int, default=None,
                    help="worker processes (default: $nnUNet_def_n_proc, else 4)")
     p.add_argument("--roi-masks", dest="roi_masks", default=None, metavar="DIR",
-                   help="coarse-to-fine 3d_fine only: one mask per case (DIR/CASE<file_ending>, e.g. the coarse "
-                        "model's predictions); each case is cropped to its bounding box + the plans' margin")
+                   help="a configuration cropped to a region of interest only (coarse-to-fine 3d_fine): one mask per "
+                        "case (DIR/CASE<file_ending>, e.g. the coarse model's predictions); each case is cropped to "
+                        "its bounding box + the plans' margin")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_preprocess_unlabeled)
-
-    p = subparsers.add_parser("pseudo-label", help="predict imagesUnlabeled, filter, write a pseudo-labelled dataset",
-                              description=PSEUDO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name (with imagesUnlabeled)")
-    p.add_argument("-c", dest="configuration", required=True, help="configuration of the model")
-    p.add_argument("-tr", dest="trainer", default="nnUNetTrainer", help="trainer of the model")
-    p.add_argument("-f", dest="folds", nargs="+", default=["0"], help="fold(s) of the model (several: ensemble)")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier of the model")
-    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
-    p.add_argument("--target-id", dest="target_id", type=int, required=True,
-                   help="id of the new raw dataset (DatasetYYY_<name>PL)")
-    p.add_argument("--target-name", dest="target_name", default=None,
-                   help="name of the new dataset (default: the source's name + 'PL')")
-    p.add_argument("--keep", default="0.95",
-                   help="how many pseudo-labels to keep: a fraction (0-1] of the predicted cases, or a count (> 1); "
-                        "the most certain are kept (default 0.95; the FLARE22 winner kept 1924 of 2000)")
-    p.add_argument("--max-uncertainty", dest="max_uncertainty", type=float, default=None,
-                   help="also drop every pseudo-label whose uncertainty is above this value (0..1)")
-    p.add_argument("--disable-tta", dest="disable_tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("-device", dest="device", choices=["cuda", "cpu", "mps"], default=None,
-                   help="default: cuda if available")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing target dataset folder")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_pseudo_label)
 
 
 def cmd_preprocess_unlabeled(args) -> int:
     import os
 
     from nnunet_ext.unlabeled.preprocess import preprocess_unlabeled
+    from nnunet_ext.unlabeled.roi import registered_roi_crops
 
     n = args.num_processes or int(os.environ.get("nnUNet_def_n_proc", 4))
     preprocess_unlabeled(args.dataset, args.configurations, plans=args.plans, num_processes=n,
-                         progress=not args.quiet, roi_masks=args.roi_masks)
-    return 0
-
-
-def cmd_pseudo_label(args) -> int:
-    from nnunet_ext.cps.pseudo_label import PseudoLabelSettings, run_pseudo_label
-
-    s = PseudoLabelSettings(dataset=args.dataset, configuration=args.configuration, trainer=args.trainer,
-                            folds=args.folds, plans=args.plans, checkpoint=args.checkpoint,
-                            target_id=args.target_id, target_name=args.target_name, keep=float(args.keep),
-                            max_uncertainty=args.max_uncertainty, use_mirroring=not args.disable_tta,
-                            device=args.device, overwrite=args.overwrite, progress=not args.quiet)
-    run_pseudo_label(s)
+                         progress=not args.quiet, roi_masks=args.roi_masks, roi_crops=registered_roi_crops())
     return 0

@@ -8,7 +8,6 @@ is written last, so a case counts as present only when both files are complete.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,6 +15,9 @@ import numpy as np
 
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+from nnunet_ext.atomic_io import write_blosc2_atomic, write_pickle_atomic
+from nnunet_ext.core.sharding import shard as split_cases
 
 UNLABELED_SUFFIX = "_unlabeled"
 
@@ -26,21 +28,11 @@ def unlabeled_folder(preprocessed_dataset_dir, data_identifier: str) -> Path:
 
 
 def save_unlabeled_case(data: np.ndarray, properties: dict, folder, identifier: str, patch_size) -> None:
-    """Write one preprocessed case (image + properties) atomically, with nnU-Net's blosc2 chunking."""
-    import blosc2
-    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
-
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    blocks, chunks = comp_blosc2_params(data.shape, tuple(patch_size), data.itemsize)
+    """Write one preprocessed case atomically: the image as nnU-Net stores it (blosc2, its chunking), then the
+    properties (the ``.pkl`` last: a case is present only when both files are complete)."""
     folder = Path(folder)
-    tmp = folder / f".{identifier}.tmp.b2nd"
-    blosc2.asarray(data, urlpath=str(tmp), chunks=chunks, blocks=blocks, mode="w",
-                   cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
-    os.replace(tmp, folder / f"{identifier}.b2nd")
-    tmp_pkl = folder / f".{identifier}.tmp.pkl"
-    with open(tmp_pkl, "wb") as f:
-        pickle.dump(properties, f)
-    os.replace(tmp_pkl, folder / f"{identifier}.pkl")
+    write_blosc2_atomic(folder / f"{identifier}.b2nd", data, patch_size)
+    write_pickle_atomic(folder / f"{identifier}.pkl", properties)
 
 
 class UnlabeledDataset(nnUNetDatasetBlosc2):
@@ -89,10 +81,10 @@ class UnlabeledDataLoader(nnUNetDataLoader):
 
 
 def shard(identifiers: List[str], rank: int, world_size: int) -> List[str]:
-    """The unlabelled cases rank ``rank`` of ``world_size`` samples from (DDP): every world_size-th case, so the
-    shards are disjoint; with fewer cases than ranks every rank samples from all of them."""
-    part = list(identifiers)[rank::world_size]
-    return part or list(identifiers)
+    """The unlabelled cases rank ``rank`` of ``world_size`` samples from (DDP): its part by the project's one rule
+    (:func:`nnunet_ext.core.sharding.shard`: disjoint parts); with fewer cases than ranks every rank samples from
+    all of them."""
+    return split_cases(identifiers, rank, world_size) or sorted(identifiers)
 
 
 def make_unlabeled_augmenter(trainer, folder, identifiers: Optional[List[str]], batch_size: int):

@@ -7,10 +7,10 @@ cases. Results go to ``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabel
 
 * Streaming: one case per task, results written by the worker, nothing kept in memory but the case at hand.
 * Resumable: a case whose ``.pkl`` exists is done (files are written atomically, the ``.pkl`` last).
-* Coarse-to-fine (``3d_fine`` of ``nnunet-ext plan-c2f``): the fine model only sees regions of interest, so its
-  unlabelled cases are cropped the same way, to the bounding box + margin of a mask per case (``--roi-masks DIR``:
-  ``DIR/CASE<file_ending>``, e.g. the coarse model's predictions of ``imagesUnlabeled``). A case without a mask
-  file is skipped and named.
+* Configurations cropped to a region of interest (e.g. ``3d_fine`` of ``nnunet-ext plan-c2f``: the fine model only
+  sees regions of interest): their unlabelled cases are cropped the same way, by the preprocessor the method hands
+  in (:mod:`nnunet_ext.unlabeled.roi`), to a mask per case (``--roi-masks DIR``: ``DIR/CASE<file_ending>``, e.g.
+  the coarse model's predictions of ``imagesUnlabeled``). A case without a mask file is skipped and named.
 * Bad input is named and skipped, never used: a file that does not follow the naming, a case with missing or
   extra channels, an unreadable file, a channel count or geometry the reader rejects. The list goes to
   ``skipped.json`` in the output folder and to the terminal.
@@ -21,12 +21,13 @@ import multiprocessing
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
 from nnunet_ext.unlabeled.data import save_unlabeled_case, unlabeled_folder
 from nnunet_ext.unlabeled.raw import UNLABELED_DIR, unlabeled_cases
+from nnunet_ext.unlabeled.roi import ROICrop, roi_crop_for
 
 
 class UnlabeledDataError(UserError):
@@ -51,23 +52,17 @@ def _load_plans(preprocessed_dir: Path, plans: str, configuration: str):
 _WORKER: dict = {}
 
 
-def needs_roi(configuration_manager) -> bool:
-    """True for the fine configuration of coarse-to-fine plans (its cases are cropped to a region of interest)."""
-    return configuration_manager.configuration.get("nnunet_ext", {}).get("c2f") == "fine"
-
-
-def _init_worker(plans: dict, configuration: str, dataset_json: dict, out: str, roi_masks: Optional[str] = None) -> None:
+def _init_worker(plans: dict, configuration: str, dataset_json: dict, out: str, roi_masks: Optional[str] = None,
+                 roi_preprocessor: Optional[type] = None) -> None:
+    """A worker's state: the plans, and the preprocessor (``roi_preprocessor``: a configuration cropped to a
+    region of interest, with ``roi_masks``; else the plans' own class)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
-    if needs_roi(cm):
-        from nnunet_ext.flare22.preprocess import ROICropPreprocessor
-        preprocessor = ROICropPreprocessor(verbose=False)
-    else:
-        preprocessor = cm.preprocessor_class(verbose=False)
+    preprocessor = (roi_preprocessor or cm.preprocessor_class)(verbose=False)
     _WORKER.update(pm=pm, cm=cm, dataset_json=dataset_json, out=out, preprocessor=preprocessor,
-                   roi_masks=roi_masks if needs_roi(cm) else None)
+                   roi_masks=roi_masks if roi_preprocessor is not None else None)
 
 
 def _preprocess_one(task: Tuple[str, List[str]]) -> Tuple[str, Optional[str]]:
@@ -94,11 +89,14 @@ def _preprocess_one(task: Tuple[str, List[str]]) -> Tuple[str, Optional[str]]:
 
 
 def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNetPlans",
-                         num_processes: int = 4, progress: bool = True,
-                         roi_masks: Optional[str] = None) -> Dict[str, dict]:
+                         num_processes: int = 4, progress: bool = True, roi_masks: Optional[str] = None,
+                         roi_crops: Sequence[ROICrop] = ()) -> Dict[str, dict]:
     """Preprocess ``imagesUnlabeled`` for each configuration; returns ``{configuration: summary}``.
-    ``roi_masks``: folder of one mask per case, required by (and only used for) a coarse-to-fine fine
-    configuration."""
+
+    ``roi_crops``: the crops of methods whose configurations are cropped to a region of interest
+    (:mod:`nnunet_ext.unlabeled.roi`; ``nnunet-ext preprocess-unlabeled`` passes the registered ones, e.g.
+    coarse-to-fine's ``3d_fine``). ``roi_masks``: folder of one mask per case, required by (and only used for) such
+    a configuration."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from tqdm import tqdm
 
@@ -118,12 +116,10 @@ def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNe
     summaries = {}
     for configuration in configurations:
         pm, cm = _load_plans(pre_dir, plans, configuration)
-        if needs_roi(cm) and not roi_masks:
+        crop = roi_crop_for(cm.configuration, roi_crops)
+        if crop is not None and not roi_masks:
             raise UnlabeledDataError(
-                f"{configuration} is the fine configuration of coarse-to-fine plans: its unlabelled cases are cropped "
-                f"to a region of interest. Give one mask per case with --roi-masks DIR, e.g. the coarse model's "
-                f"predictions: nnUNetv2_predict -i {raw_dir / UNLABELED_DIR} -o DIR -d {dataset} -c "
-                f"{cm.configuration['nnunet_ext'].get('coarse_configuration', '3d_coarse')}")
+                crop.masks_hint(str(dataset), configuration, cm.configuration, str(raw_dir / UNLABELED_DIR)))
         if roi_masks and not os.path.isdir(roi_masks):
             raise UnlabeledDataError(f"--roi-masks {roi_masks} is not a folder")
         out = unlabeled_folder(pre_dir, cm.data_identifier)
@@ -134,7 +130,8 @@ def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNe
         done_before = len(cases) - len(todo)
         print(f"{name} {configuration}: {len(cases)} unlabelled case(s), {done_before} already preprocessed, "
               f"{len(todo)} to do -> {out}")
-        init = (pm.plans, configuration, dataset_json, str(out), roi_masks)
+        init = (pm.plans, configuration, dataset_json, str(out), roi_masks,
+                None if crop is None else crop.preprocessor())
         bar = tqdm(total=len(todo), desc=f"preprocess-unlabeled {configuration}", unit="case", disable=not progress,
                    file=sys.stderr)
         try:

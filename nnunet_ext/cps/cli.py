@@ -1,0 +1,57 @@
+"""The ``pseudo-label`` verb (registered by ``nnunet_ext.cli``; light imports).
+
+The pseudo-label route belongs to the semi-supervised method (CPS): it reads the unlabelled images through
+:mod:`nnunet_ext.unlabeled`, which knows nothing of it.
+"""
+from __future__ import annotations
+
+import argparse
+
+PSEUDO_DESCRIPTION = """\
+The pseudo-label route (what the FLARE22 winner did with nnU-Net): predict the unlabelled images with a trained
+model (nnU-Net's predictor, its probabilities kept in memory only), score each pseudo-label's uncertainty,
+keep the most certain ones, and write a new raw dataset = the labelled cases + the kept pseudo-labelled cases
+(imagesTr/labelsTr; imagesTs/labelsTs and imagesUnlabeled carried over) that stock nnU-Net trains on. Repeat
+with a model trained on the new dataset to iterate.
+
+Uncertainty of a pseudo-label (documented in nnunet_ext/cps/uncertainty.py): the mean normalised entropy
+(0..1) of the predicted class probabilities over the voxels predicted as foreground or next to it (the
+whole image when nothing is predicted); an empty prediction is never kept."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("pseudo-label", help="predict imagesUnlabeled, filter, write a pseudo-labelled dataset",
+                              description=PSEUDO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name (with imagesUnlabeled)")
+    p.add_argument("-c", dest="configuration", required=True, help="configuration of the model")
+    p.add_argument("-tr", dest="trainer", default="nnUNetTrainer", help="trainer of the model")
+    p.add_argument("-f", dest="folds", nargs="+", default=["0"], help="fold(s) of the model (several: ensemble)")
+    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier of the model")
+    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    p.add_argument("--target-id", dest="target_id", type=int, required=True,
+                   help="id of the new raw dataset (DatasetYYY_<name>PL)")
+    p.add_argument("--target-name", dest="target_name", default=None,
+                   help="name of the new dataset (default: the source's name + 'PL')")
+    p.add_argument("--keep", default="0.95",
+                   help="how many pseudo-labels to keep: a fraction (0-1] of the predicted cases, or a count (> 1); "
+                        "the most certain are kept (default 0.95; the FLARE22 winner kept 1924 of 2000)")
+    p.add_argument("--max-uncertainty", dest="max_uncertainty", type=float, default=None,
+                   help="also drop every pseudo-label whose uncertainty is above this value (0..1)")
+    p.add_argument("--disable-tta", dest="disable_tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("-device", dest="device", choices=["cuda", "cpu", "mps"], default=None,
+                   help="default: cuda if available")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing target dataset folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pseudo_label)
+
+
+def cmd_pseudo_label(args) -> int:
+    from nnunet_ext.cps.pseudo_label import PseudoLabelSettings, run_pseudo_label
+
+    s = PseudoLabelSettings(dataset=args.dataset, configuration=args.configuration, trainer=args.trainer,
+                            folds=args.folds, plans=args.plans, checkpoint=args.checkpoint,
+                            target_id=args.target_id, target_name=args.target_name, keep=float(args.keep),
+                            max_uncertainty=args.max_uncertainty, use_mirroring=not args.disable_tta,
+                            device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    run_pseudo_label(s)
+    return 0
