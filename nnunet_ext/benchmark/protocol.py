@@ -403,10 +403,9 @@ def _short(v) -> str:
     return json.dumps(v)
 
 
-def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
-    """Run (or continue) the benchmark; writes the reports and returns benchmark.json's content."""
-    cfg.validate()
-    out = Path(cfg.output).resolve()
+def _locate_dataset(cfg: BenchmarkConfig):
+    """``(name, preprocessed folder, raw folder, dataset.json, preprocessed identifiers)``, each checked with the
+    command that makes it when missing."""
     name = resolve_dataset(cfg.dataset)
     pre_dir = nnunet_folder("nnUNet_preprocessed", BenchmarkError) / name
     raw_dir = nnunet_folder("nnUNet_raw", BenchmarkError) / name
@@ -428,11 +427,13 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
         raise BenchmarkError(f"raw dataset not found: {raw_dir}/dataset.json (the test cases are predicted from the "
                              f"raw images)")
     dataset_json = json.loads((raw_dir / "dataset.json").read_text())
-    fe = dataset_json["file_ending"]
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     identifiers = sorted(infer_dataset_class(str(data_dir)).get_identifiers(str(data_dir)))
+    return name, pre_dir, raw_dir, dataset_json, identifiers
 
-    # trainers: resolved the way nnU-Net resolves them (its own, then $nnUNet_extTrainer + ours)
+
+def _trainer_classes(cfg: BenchmarkConfig) -> dict:
+    """The trainers, resolved the way nnU-Net resolves them (its own, then $nnUNet_extTrainer + ours)."""
     saved = os.environ.get("nnUNet_extTrainer")
     os.environ["nnUNet_extTrainer"] = ext_trainer_env()["nnUNet_extTrainer"]
     try:
@@ -446,7 +447,158 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
     if unknown:
         raise BenchmarkError(f"trainer(s) not found: {', '.join(unknown)} (nnU-Net's trainers, nnunet_ext's, and the "
                              f"folders on $nnUNet_extTrainer were searched)")
+    return classes
 
+
+def _open_records(cfg: BenchmarkConfig, protocol: dict):
+    """The ``--records`` folder (None without one), checked to hold this protocol's runs only."""
+    if not cfg.records:
+        return None
+    from nnunet_ext.benchmark.records import RunRecords
+    records = RunRecords(cfg.records)
+    records.dir.mkdir(parents=True, exist_ok=True)
+    _check_protocol(records.dir, protocol, fix="give another --records folder, or delete it")
+    return records
+
+
+def _data_workers(cfg: BenchmarkConfig, device: str):
+    """nnU-Net's data-augmentation workers: ``--data-workers``, else 0 on CPU when ``nnUNet_n_proc_DA`` is not
+    set (in-process loading: deterministic batches, and no worse than workers on a few CPU cores), else None
+    (nnU-Net's choice)."""
+    workers = cfg.data_workers
+    if workers is None and "nnUNet_n_proc_DA" not in os.environ and device == "cpu":
+        workers = 0
+    return workers
+
+
+@dataclass
+class _Bench:
+    """What every (seed, trainer) run of one benchmark shares."""
+    cfg: BenchmarkConfig
+    name: str
+    fold: int
+    device: str
+    nproc: int
+    variants: Dict[str, str]
+    base_env: dict
+    img_dir: Path
+    lab_dir: Path
+    raw_dir: Path
+    file_ending: str
+    runner: "Runner"
+    n_test: int
+    records: object = None
+
+
+def _train_run(b: _Bench, s: int, t: str, seed_dir: Path, fold_dir: Path, env: dict) -> Optional[Path]:
+    """Train (or continue) trainer ``t`` with seed ``s`` unless its final checkpoint exists; returns the final
+    checkpoint, or None when the run was restored from ``--records`` (nothing more to do)."""
+    cfg, runner = b.cfg, b.runner
+    logs = seed_dir / "logs"
+    state_path = seed_dir / "state" / f"{t}.json"
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"train_wall_s": 0.0, "attempts": []}
+    final = fold_dir / "checkpoint_final.pth"
+    if b.records is not None and not final.is_file() and b.records.has(s, t):
+        b.records.restore(s, t, seed_dir)
+        runner.say(f"seed {s} {t}: finished earlier, restored from {b.records.run_dir(s, t)} (not re-run)")
+        return None
+    if final.is_file():
+        runner.say(f"seed {s} {t}: trained (kept)")
+    else:
+        cmd = [console_script("nnUNetv2_train"), b.name, cfg.configuration, str(b.fold), "-tr", b.variants[t], "-p",
+               cfg.plans, "-device", b.device]
+        resume = (fold_dir / "checkpoint_latest.pth").is_file()
+        if resume:
+            cmd.append("--c")
+        runner.say(f"seed {s} {t}: {'continuing' if resume else 'training'} ({cfg.num_epochs} epochs x "
+                   f"{cfg.ipe} iterations), log {logs / (t + '_train.log')}")
+        state["attempts"].append({"resume": resume, "start": _dt.datetime.now().isoformat(timespec="seconds")})
+        write_json_atomic(state_path, state)
+        wall = runner.call(cmd, env, logs / f"{t}_train.log", epochs=cfg.num_epochs)
+        state["train_wall_s"] += wall
+        state["attempts"][-1]["wall_s"] = wall
+        write_json_atomic(state_path, state)
+        if not final.is_file():
+            raise RunFailed(f"nnUNetv2_train ended without {final}; see {logs / (t + '_train.log')}")
+    _write_timing(b, seed_dir / "timing" / f"{t}.json", final, state)
+    return final
+
+
+def _write_timing(b: _Bench, timing_path: Path, final: Path, state: dict) -> None:
+    """``timing/<trainer>.json``: the epoch times of the final checkpoint, per iteration, and the wall time."""
+    if timing_path.is_file():
+        return
+    tm = read_epoch_times(final)
+    tm.update(s_per_iteration=tm["median_epoch_time"] / b.cfg.ipe, iterations_per_epoch=b.cfg.ipe,
+              device=b.device, train_wall_s=state.get("train_wall_s"))
+    timing_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(timing_path, tm)
+
+
+def _predict_run(b: _Bench, s: int, t: str, pred_dir: Path, env: dict, logs: Path) -> None:
+    """``nnUNetv2_predict`` of the test images into ``pred_dir`` unless its ``.complete`` marker exists."""
+    cfg, nproc = b.cfg, b.nproc
+    marker = pred_dir / ".complete"
+    if marker.is_file():
+        b.runner.say(f"seed {s} {t}: predicted (kept)")
+        return
+    if pred_dir.exists():
+        shutil.rmtree(pred_dir)
+    cmd = [console_script("nnUNetv2_predict"), "-i", str(b.img_dir), "-o", str(pred_dir), "-d", b.name, "-c",
+           cfg.configuration, "-f", str(b.fold), "-tr", b.variants[t], "-p", cfg.plans, "-device", b.device,
+           # -np 1: nnU-Net's sequential prediction in one process (no worker start-up: quicker for few cases)
+           "-npp", str(nproc if nproc > 1 else 0), "-nps", str(nproc if nproc > 1 else 0),
+           "--disable_progress_bar"]
+    if not cfg.tta:
+        cmd.append("--disable_tta")
+    b.runner.say(f"seed {s} {t}: predicting {b.n_test} test cases")
+    wall = b.runner.call(cmd, env, logs / f"{t}_predict.log")
+    write_json_atomic(marker, {"command": cmd, "wall_s": wall}, indent=None)
+
+
+def _evaluate_run(b: _Bench, s: int, t: str, pred_dir: Path, eval_dir: Path) -> None:
+    """``evaluate_folders`` of the predictions against the test labels, kept as ``benchmark_rows.json``."""
+    from nnunet_ext.benchmark.report import collect_rows
+    from nnunet_ext.evaluation import EvaluationError, evaluate_folders
+
+    rows_path = eval_dir / "benchmark_rows.json"
+    if rows_path.is_file():
+        b.runner.say(f"seed {s} {t}: evaluated (kept)")
+        return
+    b.runner.say(f"seed {s} {t}: evaluating")
+    try:
+        res = evaluate_folders(str(b.lab_dir), str(pred_dir), labels=None, tolerance=b.cfg.tolerance,
+                               num_processes=b.nproc, out_dir=str(eval_dir), file_ending=b.file_ending,
+                               dataset_json=str(b.raw_dir / "dataset.json"), progress=False)
+    except EvaluationError as e:
+        raise RunFailed(f"evaluation of {pred_dir} failed: {e}") from None
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(rows_path, collect_rows(res, t, s))
+
+
+def _one_run(b: _Bench, out: Path, s: int, t: str) -> None:
+    """Seed ``s``, trainer ``t``: train, time, predict, evaluate (each step kept once done), then record."""
+    b.runner.run_no += 1
+    seed_dir = out / "runs" / f"seed{s}"
+    env = dict(b.base_env, nnUNet_results=str(seed_dir), nnUNet_ext_seed=str(s))
+    fold_dir = seed_dir / b.name / f"{b.variants[t]}__{b.cfg.plans}__{b.cfg.configuration}" / f"fold_{b.fold}"
+    if _train_run(b, s, t, seed_dir, fold_dir, env) is None:
+        return
+    pred_dir = seed_dir / "pred" / t
+    _predict_run(b, s, t, pred_dir, env, seed_dir / "logs")
+    _evaluate_run(b, s, t, pred_dir, seed_dir / "eval" / t)
+    if b.records is not None:
+        b.records.save(s, t, seed_dir)
+
+
+def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
+    """Run (or continue) the benchmark; writes the reports and returns benchmark.json's content."""
+    cfg.validate()
+    out = Path(cfg.output).resolve()
+    name, pre_dir, raw_dir, dataset_json, identifiers = _locate_dataset(cfg)
+    fe = dataset_json["file_ending"]
+    classes = _trainer_classes(cfg)
     fold, train_cases, test_cases, split_note = resolve_split(cfg, pre_dir, identifiers, fe)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)
@@ -457,28 +609,19 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
                 "trainers": list(cfg.trainers), "seeds": list(cfg.seeds),
                 "created": _dt.datetime.now().isoformat(timespec="seconds")}
     _check_protocol(out, protocol)
-    records = None
-    if cfg.records:
-        from nnunet_ext.benchmark.records import RunRecords
-        records = RunRecords(cfg.records)
-        records.dir.mkdir(parents=True, exist_ok=True)
-        _check_protocol(records.dir, protocol, fix="give another --records folder, or delete it")
+    records = _open_records(cfg, protocol)
 
     schedule = {"num_epochs": cfg.num_epochs, "num_iterations_per_epoch": cfg.ipe,
                 "num_val_iterations_per_epoch": cfg.vpe, "save_every": 1}
     tdir = out / "trainers"
     variants = {t: write_variant(tdir, classes[t], schedule) for t in cfg.trainers}
     img_dir, lab_dir = prepare_test_data(out, raw_dir, dataset_json, test_cases)
-
     nproc = cfg.num_processes or int(os.environ.get("nnUNet_def_n_proc", "2"))
-    workers = cfg.data_workers
-    if workers is None and "nnUNet_n_proc_DA" not in os.environ and device == "cpu":
-        workers = 0  # in-process loading: deterministic batches, and no worse than workers on a few CPU cores
+    workers = _data_workers(cfg, device)
     base_env = ext_trainer_env([tdir])
     base_env["PYTHONUNBUFFERED"] = "1"
     if workers is not None:
         base_env["nnUNet_n_proc_DA"] = str(workers)
-
     if not cfg.quiet:
         shown_workers = workers if workers is not None else os.environ.get("nnUNet_n_proc_DA", "nnU-Net default")
         print(f"nnunet-ext benchmark: {name} {cfg.configuration} ({cfg.plans}), fold {fold}: "
@@ -488,86 +631,10 @@ def run_benchmark(cfg: BenchmarkConfig, command: Optional[str] = None) -> dict:
               f"iterations per epoch; device {device}; data workers {shown_workers}; output {out}")
 
     runs = [(s, t) for s in cfg.seeds for t in cfg.trainers]
-    runner = Runner(cfg, out, len(runs))
-    from nnunet_ext.benchmark.report import collect_rows
+    bench = _Bench(cfg, name, fold, device, nproc, variants, base_env, img_dir, lab_dir, raw_dir, fe,
+                   Runner(cfg, out, len(runs)), len(test_cases), records)
     for s, t in runs:
-        runner.run_no += 1
-        v = variants[t]
-        seed_dir = out / "runs" / f"seed{s}"
-        env = dict(base_env, nnUNet_results=str(seed_dir), nnUNet_ext_seed=str(s))
-        fold_dir = seed_dir / name / f"{v}__{cfg.plans}__{cfg.configuration}" / f"fold_{fold}"
-        logs = seed_dir / "logs"
-        state_path = seed_dir / "state" / f"{t}.json"
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {"train_wall_s": 0.0, "attempts": []}
-
-        final = fold_dir / "checkpoint_final.pth"
-        if records is not None and not final.is_file() and records.has(s, t):
-            records.restore(s, t, seed_dir)
-            runner.say(f"seed {s} {t}: finished earlier, restored from {records.run_dir(s, t)} (not re-run)")
-            continue
-        if final.is_file():
-            runner.say(f"seed {s} {t}: trained (kept)")
-        else:
-            cmd = [console_script("nnUNetv2_train"), name, cfg.configuration, str(fold), "-tr", v, "-p", cfg.plans,
-                   "-device", device]
-            resume = (fold_dir / "checkpoint_latest.pth").is_file()
-            if resume:
-                cmd.append("--c")
-            runner.say(f"seed {s} {t}: {'continuing' if resume else 'training'} ({cfg.num_epochs} epochs x "
-                       f"{cfg.ipe} iterations), log {logs / (t + '_train.log')}")
-            state["attempts"].append({"resume": resume, "start": _dt.datetime.now().isoformat(timespec="seconds")})
-            write_json_atomic(state_path, state)
-            wall = runner.call(cmd, env, logs / f"{t}_train.log", epochs=cfg.num_epochs)
-            state["train_wall_s"] += wall
-            state["attempts"][-1]["wall_s"] = wall
-            write_json_atomic(state_path, state)
-            if not final.is_file():
-                raise RunFailed(f"nnUNetv2_train ended without {final}; see {logs / (t + '_train.log')}")
-
-        timing_path = seed_dir / "timing" / f"{t}.json"
-        if not timing_path.is_file():
-            tm = read_epoch_times(final)
-            tm.update(s_per_iteration=tm["median_epoch_time"] / cfg.ipe, iterations_per_epoch=cfg.ipe,
-                      device=device, train_wall_s=state.get("train_wall_s"))
-            timing_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(timing_path, tm)
-
-        pred_dir = seed_dir / "pred" / t
-        marker = pred_dir / ".complete"
-        if marker.is_file():
-            runner.say(f"seed {s} {t}: predicted (kept)")
-        else:
-            if pred_dir.exists():
-                shutil.rmtree(pred_dir)
-            cmd = [console_script("nnUNetv2_predict"), "-i", str(img_dir), "-o", str(pred_dir), "-d", name, "-c",
-                   cfg.configuration, "-f", str(fold), "-tr", v, "-p", cfg.plans, "-device", device,
-                   # -np 1: nnU-Net's sequential prediction in one process (no worker start-up: quicker for few cases)
-                   "-npp", str(nproc if nproc > 1 else 0), "-nps", str(nproc if nproc > 1 else 0),
-                   "--disable_progress_bar"]
-            if not cfg.tta:
-                cmd.append("--disable_tta")
-            runner.say(f"seed {s} {t}: predicting {len(test_cases)} test cases")
-            wall = runner.call(cmd, env, logs / f"{t}_predict.log")
-            write_json_atomic(marker, {"command": cmd, "wall_s": wall}, indent=None)
-
-        eval_dir = seed_dir / "eval" / t
-        rows_path = eval_dir / "benchmark_rows.json"
-        if rows_path.is_file():
-            runner.say(f"seed {s} {t}: evaluated (kept)")
-        else:
-            runner.say(f"seed {s} {t}: evaluating")
-            from nnunet_ext.evaluation import EvaluationError, evaluate_folders
-            try:
-                res = evaluate_folders(str(lab_dir), str(pred_dir), labels=None, tolerance=cfg.tolerance,
-                                       num_processes=nproc, out_dir=str(eval_dir), file_ending=fe,
-                                       dataset_json=str(raw_dir / "dataset.json"), progress=False)
-            except EvaluationError as e:
-                raise RunFailed(f"evaluation of {pred_dir} failed: {e}") from None
-            eval_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(rows_path, collect_rows(res, t, s))
-        if records is not None:
-            records.save(s, t, seed_dir)
+        _one_run(bench, out, s, t)
 
     from nnunet_ext.benchmark.report import build_report
     return build_report(out, cfg, protocol={**json.loads((out / "protocol.json").read_text()),

@@ -358,47 +358,15 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
     :mod:`nnunet_ext.evaluation.metrics` for the definitions and the empty-mask conventions.
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    for what, d in (("reference folder", gt_dir), ("prediction folder", pred_dir)):
-        if not d.is_dir():
-            raise EvaluationError(f"{what} {d} does not exist or is not a folder")
-    if out_dir is not None:
-        require_output_folder(out_dir, "output folder", EvaluationError)
+    _check_folders(gt_dir, pred_dir, out_dir)
     dj = load_dataset_json(dataset_json)
     _refuse_placeholder_labels(dj, gt_dir)
     if isinstance(tolerance, str):  # the CLI's forms ("1", "1=2.0,2=1.5", JSON) work here too
         tolerance = parse_tolerance(tolerance)
-    if file_ending is None:
-        file_ending = dj.get("file_ending") if dj and dj.get("file_ending") else infer_file_ending(gt_dir)
-    if not file_ending.startswith("."):
-        file_ending = "." + file_ending
-
-    if labels is not None:
-        names, ignore_label = parse_labels(labels)
-        label_source = "labels argument"
-    elif dj is not None and "labels" in dj:
-        names, ignore_label = parse_labels(dj)
-        label_source = "dataset.json"
-    else:
-        names, ignore_label = None, None
-        label_source = "foreground labels found in the reference files"
-
-    gt_cases = list_cases(gt_dir, file_ending)
-    if not gt_cases:
-        raise EvaluationError(f"no reference files ending in {file_ending} in {gt_dir}")
-    pred_cases = list_cases(pred_dir, file_ending)
-    missing = sorted(set(gt_cases) - set(pred_cases))
-    extra = sorted(set(pred_cases) - set(gt_cases))
-    if missing and not allow_missing:
-        shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
-        raise EvaluationError(f"{len(missing)} of {len(gt_cases)} reference cases have no prediction in {pred_dir}: "
-                              f"{shown} (expected e.g. {pred_dir / (missing[0] + file_ending)}); predict them, or "
-                              f"pass --allow-missing to evaluate only the cases present")
-    if extra:
-        warnings.warn(f"{len(extra)} prediction(s) in {pred_dir} have no reference in {gt_dir} and are ignored: "
-                      f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}", stacklevel=2)
+    file_ending = _choose_file_ending(file_ending, dj, gt_dir)
+    names, ignore_label, label_source = _choose_labels(labels, dj)
+    gt_cases, pred_cases, missing, extra = _pair_cases(gt_dir, pred_dir, file_ending, allow_missing)
     cases = [c for c in gt_cases if c in pred_cases]
-    if not cases:
-        raise EvaluationError(f"no case has both a reference in {gt_dir} and a prediction in {pred_dir}")
 
     classes = list(names) if names is not None else None
     if classes is not None:
@@ -414,17 +382,84 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
     results = _run(tasks, num_processes, progress)
 
     if classes is None:  # the foreground labels present in the references
-        classes = sorted(set().union(*(r["present"] for r in results)) - {ignore_label})
-        if not classes:
-            raise EvaluationError(f"the references in {gt_dir} hold no foreground label; pass the labels to "
-                                  f"evaluate (-d DATASET or --labels)")
-        names = {c: f"label_{c}" for c in classes}
+        classes, names = _classes_found(results, ignore_label, gt_dir)
         tol_map = resolve_tolerance(tolerance, classes, names)
+    _warn_unevaluated_labels(results, classes, ignore_label, label_source)
+    per_case = _per_case_rows(results, classes, names, tol_map)
+    result = _result(per_case, results, classes, names, tol_map, missing, extra, label_source, ignore_label,
+                     gt_dir, pred_dir, file_ending, reader)
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    return result
+
+
+def _check_folders(gt_dir: Path, pred_dir: Path, out_dir) -> None:
+    """Both input folders exist; the output folder (if any) can be written."""
+    for what, d in (("reference folder", gt_dir), ("prediction folder", pred_dir)):
+        if not d.is_dir():
+            raise EvaluationError(f"{what} {d} does not exist or is not a folder")
+    if out_dir is not None:
+        require_output_folder(out_dir, "output folder", EvaluationError)
+
+
+def _choose_file_ending(file_ending, dj: dict | None, gt_dir: Path) -> str:
+    """The given ending, else dataset.json's, else the one ending found in ``gt_dir``; with its leading dot."""
+    if file_ending is None:
+        file_ending = dj.get("file_ending") if dj and dj.get("file_ending") else infer_file_ending(gt_dir)
+    return file_ending if file_ending.startswith(".") else "." + file_ending
+
+
+def _choose_labels(labels, dj: dict | None):
+    """``(names, ignore_label, source)``: from ``labels``, else dataset.json, else (None, None) = the foreground
+    labels found in the reference files."""
+    if labels is not None:
+        return (*parse_labels(labels), "labels argument")
+    if dj is not None and "labels" in dj:
+        return (*parse_labels(dj), "dataset.json")
+    return None, None, "foreground labels found in the reference files"
+
+
+def _pair_cases(gt_dir: Path, pred_dir: Path, file_ending: str, allow_missing: bool):
+    """``(references, predictions, missing, extra)`` by case id: a reference without prediction is an error
+    (unless ``allow_missing``), a prediction without reference a warning; at least one case has both."""
+    gt_cases = list_cases(gt_dir, file_ending)
+    if not gt_cases:
+        raise EvaluationError(f"no reference files ending in {file_ending} in {gt_dir}")
+    pred_cases = list_cases(pred_dir, file_ending)
+    missing = sorted(set(gt_cases) - set(pred_cases))
+    extra = sorted(set(pred_cases) - set(gt_cases))
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise EvaluationError(f"{len(missing)} of {len(gt_cases)} reference cases have no prediction in {pred_dir}: "
+                              f"{shown} (expected e.g. {pred_dir / (missing[0] + file_ending)}); predict them, or "
+                              f"pass --allow-missing to evaluate only the cases present")
+    if extra:
+        warnings.warn(f"{len(extra)} prediction(s) in {pred_dir} have no reference in {gt_dir} and are ignored: "
+                      f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}", stacklevel=3)
+    if not any(c in pred_cases for c in gt_cases):
+        raise EvaluationError(f"no case has both a reference in {gt_dir} and a prediction in {pred_dir}")
+    return gt_cases, pred_cases, missing, extra
+
+
+def _classes_found(results: list, ignore_label, gt_dir: Path):
+    """``(classes, names)`` when no labels were given: the foreground labels present in the references."""
+    classes = sorted(set().union(*(r["present"] for r in results)) - {ignore_label})
+    if not classes:
+        raise EvaluationError(f"the references in {gt_dir} hold no foreground label; pass the labels to "
+                              f"evaluate (-d DATASET or --labels)")
+    return classes, {c: f"label_{c}" for c in classes}
+
+
+def _warn_unevaluated_labels(results: list, classes, ignore_label, label_source: str) -> None:
     unexpected = sorted(set().union(*(r["present"] for r in results)) - set(_all_members(classes)) - {ignore_label})
     if unexpected:
         warnings.warn(f"label values {unexpected} occur in the references but are not among the evaluated classes "
-                      f"({label_source}); they are not evaluated", stacklevel=2)
+                      f"({label_source}); they are not evaluated", stacklevel=3)
 
+
+def _per_case_rows(results: list, classes, names: dict, tol_map) -> list:
+    """One row (``PER_CASE_COLUMNS``) per case and class; a class absent from a case's reference and prediction
+    (labels from the files) gets NaN metrics and ``empty = "both"``."""
     per_case = []
     for r in results:
         by_class = {row["class"]: row for row in r["rows"]}
@@ -435,6 +470,12 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
                        "vol_pred": 0.0, "vol_diff": 0.0, "tolerance": tol_map[c], "empty": "both"}
             full = {**row, "case": r["case"], "class": c, "name": names[c]}
             per_case.append({k: full[k] for k in PER_CASE_COLUMNS})
+    return per_case
+
+
+def _result(per_case: list, results: list, classes, names: dict, tol_map, missing: list, extra: list,
+            label_source: str, ignore_label, gt_dir: Path, pred_dir: Path, file_ending: str, reader) -> dict:
+    """The summary (``summarize``) and everything that says how it was computed, with its markdown."""
     per_class, overall = summarize(per_case, classes, names)
     dims = sorted({r["dims"] for r in results})
     result = {
@@ -461,8 +502,6 @@ def evaluate_folders(gt_dir, pred_dir, labels=None, tolerance=1.0, num_processes
         "conventions": CONVENTIONS,
     }
     result["markdown"] = format_markdown(result)
-    if out_dir is not None:
-        write_outputs(result, out_dir)
     return result
 
 

@@ -2,7 +2,9 @@
 
 * ``losses``: the maths: ``cosine_consistency`` (1 - cosine over channels at every position, averaged).
 * ``gin``: the training-free stack generator (global intensity non-linear maps of the real image);
-  ``diffusion``: the mask-conditioned diffusion generator, tuned by ``tune`` (``nnunet-ext s2s2-tune``).
+  ``diffusion``: the mask-conditioned diffusion generator, tuned by ``tune`` (``nnunet-ext s2s2-tune``); a package
+  laid out as diffusers (``spec``, ``models``, ``schedulers``, ``pipelines``, ``io``, and ``generator``, the
+  stack generator).
 * ``stack``: the semantic stack on disk (K generated copies per preprocessed training case, blosc2).
 * ``generate``: ``nnunet-ext s2s2-generate`` (resumable, sharded, progress, preview PNG).
 * ``data``: paired loading: each case with one random copy of its stack as extra channels, so nnU-Net's

@@ -17,7 +17,7 @@ generators:
   diffusion  the mask-conditioned diffusion model tuned by `nnunet-ext s2s2-tune` for fold -f: every slice
              sampled with DDIM from its own mask at its own size (mask padded to a multiple of the UNet's
              stride, sample cropped back), then standardised to the real slice's channel mean/std; slice z of
-             copy k of case c depends only on (seed, c, k, z) (nnunet_ext/s2s2/diffusion.py)
+             copy k of case c depends only on (seed, c, k, z) (nnunet_ext.s2s2.diffusion)
   controlnet the paper's: a ControlNet on a local Stable Diffusion tuned by `nnunet-ext s2s2-tune --generator
              controlnet --init SD_FOLDER`; condition = label map in a colour palette, prompt = modality +
              names of the classes present; slices resized to the tuned size and back; DDIM 50 steps and

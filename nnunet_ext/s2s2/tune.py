@@ -34,6 +34,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -316,76 +317,67 @@ def _device(name: Optional[str]) -> torch.device:
     return torch.device(name)
 
 
-def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", generator: str = "diffusion",
-         settings: Optional[TuneSettings] = None, resume: bool = False, device: Optional[str] = None,
-         output: Optional[str] = None, progress: bool = True, preview: int = 4) -> Path:
-    """Tune (or ``resume``) the generator; returns its folder."""
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
-
-    from nnunet_ext.paths import PreprocessedConfiguration
+def _read_checkpoint(ckpt_file: Path, out: Path, settings: Optional[TuneSettings], st: TuneSettings, say):
+    """``--resume``: the checkpoint and its training settings (the runtime ones, such as ``--steps``, from this
+    run; a changed training setting is kept as the checkpoint has it, and said)."""
     from nnunet_ext.s2s2.generate import S2S2Error
 
-    if generator not in GENERATORS:
-        raise S2S2Error(f"unknown generator {generator!r} for s2s2-tune; available: {', '.join(GENERATORS)} "
-                        f"(gin needs no tuning)")
-    st = settings or TuneSettings()
-    fold = "all" if str(fold) == "all" else int(fold)
-    prep = PreprocessedConfiguration(dataset, configuration, plans, S2S2Error)
-    out = Path(output) if output else tuned_folder(prep.name, generator, plans, configuration, fold)
-    ckpt_file = out / CHECKPOINT
-    rank, world, dev, own_group = _process_group(_device(device))
-    main = rank == 0
-    say = print if main else (lambda *a, **k: None)
+    if not ckpt_file.is_file():
+        raise S2S2Error(f"--resume: nothing to resume in {out} (no {CHECKPOINT}); run without --resume")
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    old = ckpt["settings"]
+    old["block_channels"] = tuple(old["block_channels"])
+    resumed = TuneSettings(**{**old, "steps": st.steps, "save_every": st.save_every,
+                              "preview_ddim_steps": st.preview_ddim_steps})
+    if settings is not None:
+        changed = [k for k, v in settings.training().items() if k != "init" and resumed.training()[k] != v]
+        if changed:
+            say(f"s2s2-tune --resume: keeping the checkpoint's {', '.join(changed)} "
+                f"({', '.join(f'{k}={resumed.training()[k]}' for k in changed)})")
+    return ckpt, resumed
 
-    ckpt = None
-    if resume:
-        if not ckpt_file.is_file():
-            raise S2S2Error(f"--resume: nothing to resume in {out} (no {CHECKPOINT}); run without --resume")
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-        new_steps, new_save, new_prev = st.steps, st.save_every, st.preview_ddim_steps
-        old = ckpt["settings"]
-        old["block_channels"] = tuple(old["block_channels"])
-        st = TuneSettings(**{**old, "steps": new_steps, "save_every": new_save, "preview_ddim_steps": new_prev})
-        if settings is not None:
-            changed = [k for k, v in settings.training().items() if k != "init" and st.training()[k] != v]
-            if changed:
-                say(f"s2s2-tune --resume: keeping the checkpoint's {', '.join(changed)} "
-                      f"({', '.join(f'{k}={st.training()[k]}' for k in changed)})")
-    elif ckpt_file.is_file() or (out / SPEC_FILE).is_file():
+
+def _check_run(out: Path, ckpt_file: Path, resume: bool, st: TuneSettings, controlnet: bool) -> None:
+    """One clear line for a folder that already holds a model (without ``--resume``) and for bad settings."""
+    from nnunet_ext.s2s2.generate import S2S2Error
+
+    if not resume and (ckpt_file.is_file() or (out / SPEC_FILE).is_file()):
         raise S2S2Error(f"{out} already holds a tuned generator: continue it with --resume (and a larger --steps), "
                         f"or remove the folder to start again")
     if st.steps < 1 or st.batch_size < 1 or st.save_every < 1:
         raise S2S2Error("--steps, --batch-size and --save-every must be at least 1")
-    controlnet = generator == "controlnet"
     if controlnet and not st.init:
         raise S2S2Error("--generator controlnet needs --init: a local Stable Diffusion pipeline folder "
                         "(model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/)")
 
-    cases = training_cases(prep, fold)
-    sampler = SliceSampler(prep.data_dir, cases, st.image_size, st.fg_fraction, st.seed + RANK_SEED_STRIDE * rank,
-                           fit="resize" if controlnet else "pad")
-    if ckpt is not None:
-        spec = DiffusionSpec(**ckpt["spec"])
-    else:
-        from batchgenerators.utilities.file_and_folder_operations import load_json
 
-        mean, std = sampler.statistics(seed=st.seed)
-        c = int(sampler._case(cases[0])[0].shape[0])
-        spec = DiffusionSpec(labels=label_values(prep), channels=c, mean=mean, std=std, image_size=st.image_size,
-                             cond_drop=st.cond_drop)
-        if controlnet:
-            if c not in (1, 3):
-                raise S2S2Error(f"--generator controlnet takes grey (1-channel) or RGB (3-channel) data; "
-                                f"{prep.name} {configuration} has {c} channels (use --generator diffusion)")
-            ds_json = load_json(str(prep.folder / "dataset.json"))
-            spec.kind, spec.fit, spec.prompt = "controlnet", "resize", st.prompt
-            spec.modality = modality_of(ds_json.get("channel_names", ds_json.get("modality", {})))
-            spec.class_names = {str(v): k.replace("_", " ") for k, v in ds_json["labels"].items()
-                                if isinstance(v, int) and k != "background"}
-    spec.info = {"dataset": prep.name, "configuration": configuration, "plans": plans, "fold": fold,
-                 "generator": generator, "training_cases": len(cases), "settings": st.training()}
+def _new_spec(prep, configuration: str, sampler: SliceSampler, st: TuneSettings, controlnet: bool) -> DiffusionSpec:
+    """The spec of a new model: the labels, the channels and their statistics over the training slices; for the
+    ControlNet also the prompt, the modality and the class names (from dataset.json)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from nnunet_ext.s2s2.generate import S2S2Error
+
+    mean, std = sampler.statistics(seed=st.seed)
+    c = int(sampler._case(sampler.cases[0])[0].shape[0])
+    spec = DiffusionSpec(labels=label_values(prep), channels=c, mean=mean, std=std, image_size=st.image_size,
+                         cond_drop=st.cond_drop)
+    if controlnet:
+        if c not in (1, 3):
+            raise S2S2Error(f"--generator controlnet takes grey (1-channel) or RGB (3-channel) data; "
+                            f"{prep.name} {configuration} has {c} channels (use --generator diffusion)")
+        ds_json = load_json(str(prep.folder / "dataset.json"))
+        spec.kind, spec.fit, spec.prompt = "controlnet", "resize", st.prompt
+        spec.modality = modality_of(ds_json.get("channel_names", ds_json.get("modality", {})))
+        spec.class_names = {str(v): k.replace("_", " ") for k, v in ds_json["labels"].items()
+                            if isinstance(v, int) and k != "background"}
+    return spec
+
+
+def _build_model(spec: DiffusionSpec, st: TuneSettings, ckpt: Optional[dict], controlnet: bool, dev: torch.device):
+    """The model to train (seeded by ``st.seed``): a ControlNet on the Stable Diffusion folder, or a
+    ``UNet2DModel`` (from ``--init``, the checkpoint's architecture, or built from the settings)."""
+    from nnunet_ext.s2s2.generate import S2S2Error
 
     torch.manual_seed(st.seed)
     if controlnet:
@@ -401,102 +393,190 @@ def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", gene
             unet = build_unet(spec.channels, spec.num_labels, st.image_size, st.block_channels, st.layers_per_block,
                               st.mid_attention)
         model = MaskDiffusion(unet.to(dev), train_scheduler(), spec)
-    m = model.size_multiple
-    if st.image_size % m:
-        raise S2S2Error(f"--image-size {st.image_size} must be a multiple of {m} (the model's stride)")
-    net = model.trainable
-    net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=st.lr, weight_decay=1e-2)
-    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=st.warmup)
-    ema = EMAModel(net.parameters(), decay=st.ema_decay, use_ema_warmup=True, power=2 / 3)
-    amp_fp16 = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_fp16)
-    noise_gen = torch.Generator()
-    noise_gen.manual_seed(st.seed + 1 + RANK_SEED_STRIDE * rank)
-    step, losses = 0, []
-    if ckpt is not None:
-        net.load_state_dict(ckpt["trainable"])
-        opt.load_state_dict(ckpt["optimizer"])
-        lr_sched.load_state_dict(ckpt["lr_scheduler"])
-        ema.load_state_dict(ckpt["ema"])
-        scaler.load_state_dict(ckpt["scaler"])
+    if st.image_size % model.size_multiple:
+        raise S2S2Error(f"--image-size {st.image_size} must be a multiple of {model.size_multiple} (the model's "
+                        f"stride)")
+    return model
+
+
+@dataclass
+class _Optimisation:
+    """What one step changes besides the weights: optimiser, learning-rate schedule, EMA, grad scaler, the noise
+    generator, the step and the losses."""
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    lr_sched: object
+    ema: object
+    scaler: torch.amp.GradScaler
+    noise_gen: torch.Generator
+    step: int = 0
+    losses: List[float] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, model, st: TuneSettings, dev: torch.device, rank: int) -> "_Optimisation":
+        """AdamW (weight decay 1e-2), constant learning rate after a linear warm-up, EMA with warm-up (power 2/3),
+        a grad scaler only for fp16 autocast; the noise generator seeded by ``seed + 1`` (+ the rank's offset)."""
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
+
+        net = model.trainable
+        net.train()
+        opt = torch.optim.AdamW(net.parameters(), lr=st.lr, weight_decay=1e-2)
+        lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=st.warmup)
+        ema = EMAModel(net.parameters(), decay=st.ema_decay, use_ema_warmup=True, power=2 / 3)
+        scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+        noise_gen = torch.Generator()
+        noise_gen.manual_seed(st.seed + 1 + RANK_SEED_STRIDE * rank)
+        return cls(net, opt, lr_sched, ema, scaler, noise_gen)
+
+    def restore(self, ckpt: dict, sampler: SliceSampler, rank: int, world: int, say) -> None:
+        """Weights, optimiser, schedule, EMA, scaler, this rank's random states, step and losses of ``ckpt``."""
+        self.net.load_state_dict(ckpt["trainable"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.lr_sched.load_state_dict(ckpt["lr_scheduler"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.scaler.load_state_dict(ckpt["scaler"])
         states = ckpt.get("ranks") or [{k: ckpt[k] for k in ("sampler_rng", "noise_rng", "rng")}]
         if len(states) != world:
             say(f"s2s2-tune --resume: the checkpoint was written by {len(states)} process(es), this run has {world}: "
                 f"processes beyond {len(states)} start fresh random streams (not an exact continuation)")
         if rank < len(states):
-            _set_rank_state(states[rank], sampler, noise_gen)
-        step, losses = int(ckpt["step"]), list(ckpt["losses"])
-    ema.to(dev)
-    trainer = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+            _set_rank_state(states[rank], sampler, self.noise_gen)
+        self.step, self.losses = int(ckpt["step"]), list(ckpt["losses"])
 
-        trainer = model.replaced(DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None))
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    say(f"s2s2-tune {prep.name} {configuration} fold {fold}: {len(cases)} training case(s), {model.describe()}, "
-          f"{spec.channels} channel(s) + {spec.num_labels} label(s), {'slices resized to' if controlnet else 'crops'} "
-          f"{st.image_size}^2, batch {st.batch_size}, device {dev.type}"
-          f"{' (mixed precision)' if dev.type == 'cuda' else ''}"
-          f"{f', {world} processes (DDP, batch {st.batch_size} each)' if world > 1 else ''}; "
-          f"step {step} -> {st.steps} -> {out}")
+    def train_step(self, trainer, model, sampler: SliceSampler, batch_size: int, dev: torch.device) -> None:
+        """One batch: DDPM loss, backward (scaled), gradient clipping at 1, optimiser, schedule and EMA steps."""
+        imgs, labs = sampler.batch(batch_size)
+        x0 = _standardised(model, imgs, dev)
+        loss = trainer.training_loss(x0, torch.from_numpy(labs).to(dev), self.noise_gen)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.lr_sched.step()
+        self.ema.step(self.net.parameters())
+        self.step += 1
+        self.losses.append(float(loss.detach()))
 
-    def checkpoint():  # every process takes part (their random states are gathered); rank 0 writes
-        mine = _rank_state(sampler, noise_gen)
+    def checkpoint(self, ckpt_file: Path, st: TuneSettings, spec: DiffusionSpec, sampler: SliceSampler,
+                   controlnet: bool, world: int, main: bool) -> None:
+        """Every process takes part (their random states are gathered); rank 0 writes ``checkpoint.pt``."""
+        mine = _rank_state(sampler, self.noise_gen)
         ranks = [mine]
         if world > 1:
             ranks = [None] * world
             dist.all_gather_object(ranks, mine)
         if main:
-            state = {"step": step, "settings": st.training(), "spec": asdict(spec), "trainable": net.state_dict(),
-                     "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
-                     "ema": ema.state_dict(), "scaler": scaler.state_dict(), **mine, "losses": losses,
-                     "unet_config": None if controlnet else dict(net.config),
+            state = {"step": self.step, "settings": st.training(), "spec": asdict(spec),
+                     "trainable": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                     "lr_scheduler": self.lr_sched.state_dict(), "ema": self.ema.state_dict(),
+                     "scaler": self.scaler.state_dict(), **mine, "losses": self.losses,
+                     "unet_config": None if controlnet else dict(self.net.config),
                      "world_size": world, **({"ranks": ranks} if world > 1 else {})}
             replace_atomic(ckpt_file, lambda tmp: torch.save(state, tmp))
 
-    t0, start = time.time(), step
-    with tqdm(total=st.steps, initial=step, desc="s2s2-tune", unit="step", disable=not (progress and main),
+
+def _distributed(model, net: torch.nn.Module, dev: torch.device):
+    """The model whose trainable part is wrapped in ``DistributedDataParallel`` (gradients averaged)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.replaced(DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None))
+
+
+def _train_loop(run: _Optimisation, trainer, model, sampler: SliceSampler, st: TuneSettings, dev: torch.device,
+                save, ckpt_file: Path, show: bool, say) -> None:
+    """Steps up to ``st.steps`` with a progress bar (``show``); ``save()`` (writes ``ckpt_file``) every
+    ``save_every`` steps but the last."""
+    from tqdm import tqdm
+
+    with tqdm(total=st.steps, initial=run.step, desc="s2s2-tune", unit="step", disable=not show,
               file=sys.stderr) as bar:
-        while step < st.steps:
-            imgs, labs = sampler.batch(st.batch_size)
-            x0 = _standardised(model, imgs, dev)
-            loss = trainer.training_loss(x0, torch.from_numpy(labs).to(dev), noise_gen)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            lr_sched.step()
-            ema.step(net.parameters())
-            step += 1
-            losses.append(float(loss.detach()))
+        while run.step < st.steps:
+            run.train_step(trainer, model, sampler, st.batch_size, dev)
             bar.update()
-            bar.set_postfix_str(f"loss {np.mean(losses[-50:]):.4f}")
-            if step % st.save_every == 0 and step < st.steps:
-                checkpoint()
-                say(f"s2s2-tune: step {step}, loss (last {min(st.save_every, 500)}) "
-                    f"{np.mean(losses[-min(st.save_every, 500):]):.4f}, checkpoint {ckpt_file}")
-    dt = time.time() - t0
-    checkpoint()
+            bar.set_postfix_str(f"loss {np.mean(run.losses[-50:]):.4f}")
+            if run.step % st.save_every == 0 and run.step < st.steps:
+                save()
+                say(f"s2s2-tune: step {run.step}, loss (last {min(st.save_every, 500)}) "
+                    f"{np.mean(run.losses[-min(st.save_every, 500):]):.4f}, checkpoint {ckpt_file}")
+
+
+def tune(dataset, configuration: str, fold="0", plans: str = "nnUNetPlans", generator: str = "diffusion",
+         settings: Optional[TuneSettings] = None, resume: bool = False, device: Optional[str] = None,
+         output: Optional[str] = None, progress: bool = True, preview: int = 4) -> Path:
+    """Tune (or ``resume``) the generator; returns its folder."""
+    from nnunet_ext.paths import PreprocessedConfiguration
+    from nnunet_ext.s2s2.generate import S2S2Error
+
+    if generator not in GENERATORS:
+        raise S2S2Error(f"unknown generator {generator!r} for s2s2-tune; available: {', '.join(GENERATORS)} "
+                        f"(gin needs no tuning)")
+    st = settings or TuneSettings()
+    fold = "all" if str(fold) == "all" else int(fold)
+    prep = PreprocessedConfiguration(dataset, configuration, plans, S2S2Error)
+    out = Path(output) if output else tuned_folder(prep.name, generator, plans, configuration, fold)
+    ckpt_file = out / CHECKPOINT
+    rank, world, dev, own_group = _process_group(_device(device))
+    main = rank == 0
+    say = print if main else (lambda *a, **k: None)
+    ckpt = None
+    if resume:
+        ckpt, st = _read_checkpoint(ckpt_file, out, settings, st, say)
+    controlnet = generator == "controlnet"
+    _check_run(out, ckpt_file, resume, st, controlnet)
+
+    cases = training_cases(prep, fold)
+    sampler = SliceSampler(prep.data_dir, cases, st.image_size, st.fg_fraction, st.seed + RANK_SEED_STRIDE * rank,
+                           fit="resize" if controlnet else "pad")
+    spec = DiffusionSpec(**ckpt["spec"]) if ckpt is not None else \
+        _new_spec(prep, configuration, sampler, st, controlnet)
+    spec.info = {"dataset": prep.name, "configuration": configuration, "plans": plans, "fold": fold,
+                 "generator": generator, "training_cases": len(cases), "settings": st.training()}
+    model = _build_model(spec, st, ckpt, controlnet, dev)
+    run = _Optimisation.create(model, st, dev, rank)
+    if ckpt is not None:
+        run.restore(ckpt, sampler, rank, world, say)
+    run.ema.to(dev)
+    trainer = _distributed(model, run.net, dev) if world > 1 else model
     if main:
-        final = model.replaced(_ema_copy(net, ema))
-        final.save(out, info={"step": step, "final_loss": float(np.mean(losses[-100:])) if losses else None,
-                              "processes": world})
-        if preview:
-            write_preview(out / "preview.png", final, sampler, n=preview, steps=st.preview_ddim_steps)
+        out.mkdir(parents=True, exist_ok=True)
+    say(f"s2s2-tune {prep.name} {configuration} fold {fold}: {len(cases)} training case(s), {model.describe()}, "
+        f"{spec.channels} channel(s) + {spec.num_labels} label(s), {'slices resized to' if controlnet else 'crops'} "
+        f"{st.image_size}^2, batch {st.batch_size}, device {dev.type}"
+        f"{' (mixed precision)' if dev.type == 'cuda' else ''}"
+        f"{f', {world} processes (DDP, batch {st.batch_size} each)' if world > 1 else ''}; "
+        f"step {run.step} -> {st.steps} -> {out}")
+
+    t0, start = time.time(), run.step
+    save = functools.partial(run.checkpoint, ckpt_file, st, spec, sampler, controlnet, world, main)
+    _train_loop(run, trainer, model, sampler, st, dev, save, ckpt_file, progress and main, say)
+    dt = time.time() - t0
+    save()
+    if main:
+        _save_final(out, model, run, sampler, world, preview, st.preview_ddim_steps)
     if world > 1:
         dist.barrier()  # the other processes return once rank 0 has written the model
         if own_group:
             dist.destroy_process_group()
-    if step > start:
-        say(f"s2s2-tune: {step - start} step(s) in {dt:.1f} s ({(step - start) / max(dt, 1e-9):.2f} steps/s, "
-            f"{(step - start) * st.batch_size * world / max(dt, 1e-9):.1f} crops/s"
+    if run.step > start:
+        say(f"s2s2-tune: {run.step - start} step(s) in {dt:.1f} s ({(run.step - start) / max(dt, 1e-9):.2f} steps/s, "
+            f"{(run.step - start) * st.batch_size * world / max(dt, 1e-9):.1f} crops/s"
             f"{f' over {world} processes' if world > 1 else ''})")
-    say(f"s2s2-tune: step {step}, loss {np.mean(losses[-100:]) if losses else float('nan'):.4f}; model {out}")
+    say(f"s2s2-tune: step {run.step}, loss {np.mean(run.losses[-100:]) if run.losses else float('nan'):.4f}; "
+        f"model {out}")
     return out
+
+
+def _save_final(out: Path, model, run: _Optimisation, sampler: SliceSampler, world: int, preview: int,
+                preview_steps: int) -> None:
+    """The EMA weights as the tuned model (with its step, final loss and process count), then ``preview.png``."""
+    final = model.replaced(_ema_copy(run.net, run.ema))
+    final.save(out, info={"step": run.step, "final_loss": float(np.mean(run.losses[-100:])) if run.losses else None,
+                          "processes": world})
+    if preview:
+        write_preview(out / "preview.png", final, sampler, n=preview, steps=preview_steps)
 
 
 __all__ = ["tune", "TuneSettings", "training_cases", "SliceSampler", "write_preview"]

@@ -131,21 +131,9 @@ def _image_files(images_dir, case, ending):
     return [os.path.join(images_dir, f) for f in files]
 
 
-def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterations: int = 10, max_pixels=None,
-                             guide: str = "auto", device: str = "auto", save_probabilities: bool = False,
-                             progress: bool = True):
-    """Refine every case of an nnU-Net prediction folder (module docstring). Returns (refined, skipped)."""
-    import json
+def _check_arguments(images_dir, pred_dir, out_dir, iterations: int) -> None:
+    """One clear line for a missing folder, ``-o`` equal to ``-p`` or negative iterations."""
     import os
-    import shutil
-
-    import numpy as np
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_pickle, save_pickle
-    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
-    from tqdm import tqdm
-
-    from nnunet_ext.stego.crf import DEFAULT_MAX_PIXELS, STEGO_CRF, image_to_guide, refine_volume
 
     for what, d in (("-i", images_dir), ("-p", pred_dir)):
         if not os.path.isdir(d):
@@ -154,7 +142,12 @@ def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterat
         raise CRFError("-o must differ from -p (the refined segmentations would replace the predictions)")
     if iterations < 0:
         raise CRFError(f"--iterations must be >= 0, got {iterations}")
-    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+
+
+def _torch_device(device: str):
+    """``--device`` as a usable ``torch.device`` ("auto": CUDA when available), or one clear line."""
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -162,8 +155,14 @@ def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterat
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         raise CRFError(f"--device {device}: {e}") from None
+    return device
 
-    dataset_json = _dataset_json(pred_dir, dataset)
+
+def _cases(pred_dir, out_dir, dataset_json):
+    """``(ending, cases, todo)``: the segmentations of ``pred_dir`` and those not yet in ``out_dir`` (each checked
+    to have its probabilities, ``<case>.npz`` and ``<case>.pkl``)."""
+    import os
+
     names = sorted(os.listdir(pred_dir))
     ending = _file_ending(pred_dir, names, dataset_json)
     cases = [n[:-len(ending)] for n in names if n.endswith(ending) and not n.startswith(".")]
@@ -176,15 +175,104 @@ def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterat
             if not os.path.isfile(f):
                 raise CRFError(f"{f} not found: the CRF needs the probabilities; predict with nnUNetv2_predict ... "
                                f"--save_probabilities (it writes <case>.npz and <case>.pkl next to <case>{ending})")
+    return ending, cases, todo
+
+
+def _prepare_output(out_dir, pred_dir, images_dir, guide: str, crf_kwargs: dict) -> None:
+    """``out_dir`` as a prediction folder like ``pred_dir`` (its dataset.json and plans.json), with the CRF's
+    settings in ``stego_crf_args.json``."""
+    import json
+    import os
+    import shutil
 
     os.makedirs(out_dir, exist_ok=True)
     for n in ("dataset.json", "plans.json"):  # so that OUT_DIR is a prediction folder like PRED_DIR
         if os.path.isfile(os.path.join(pred_dir, n)) and not os.path.exists(os.path.join(out_dir, n)):
             shutil.copy2(os.path.join(pred_dir, n), os.path.join(out_dir, n))
-    crf_kwargs = dict(STEGO_CRF, iterations=int(iterations), max_pixels=max_pixels)
     with open(os.path.join(out_dir, "stego_crf_args.json"), "w") as f:
         json.dump(dict(crf_kwargs, images=os.path.abspath(images_dir), pred=os.path.abspath(pred_dir), guide=guide,
                        axis="2D image, or slices along the first spatial axis of nnU-Net's image array"), f, indent=2)
+
+
+def _read_case(rw, rw_class, files, pred_dir, case: str):
+    """``(image, properties, probabilities)`` of one case: its images, and the ``.pkl`` and ``.npz`` that
+    ``nnUNetv2_predict --save_probabilities`` wrote (checked to match the image's shape)."""
+    import os
+
+    import numpy as np
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    try:
+        image, _ = rw.read_images(files)
+    except Exception as e:  # nnU-Net's readers raise bare RuntimeErrors / asserts
+        raise CRFError(f"cannot read {', '.join(files)} with {rw_class.__name__}: {e!r}") from None
+    props = load_pickle(os.path.join(pred_dir, case + ".pkl"))
+    with np.load(os.path.join(pred_dir, case + ".npz")) as z:
+        if "probabilities" not in z:
+            raise CRFError(f"{os.path.join(pred_dir, case + '.npz')} has no 'probabilities' array "
+                           f"(keys: {', '.join(z.files)}): not written by nnUNetv2_predict --save_probabilities?")
+        probs_np = z["probabilities"]
+    if image.ndim != 4 or probs_np.ndim != 4 or probs_np.shape[1:] != image.shape[1:]:
+        raise CRFError(f"case {case}: probabilities {tuple(probs_np.shape)} (K, *spatial) do not match the image "
+                       f"{tuple(image.shape)} (C, *spatial) read from {files[0]}: is -i the folder that was "
+                       f"predicted?")
+    return image, props, probs_np
+
+
+def _guide_of(image, guide: str, rw_class):
+    """The CRF's 3-channel guide: the raw colours (``guide`` "raw", or "auto" for 0-255 natural images; RGBA ->
+    RGB), else ``image_to_guide``; one channel is repeated to three."""
+    import numpy as np
+    import torch
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    from nnunet_ext.stego.crf import image_to_guide
+
+    raw = guide == "raw" or (guide == "auto" and issubclass(rw_class, NaturalImage2DIO)
+                             and float(np.nanmin(image)) >= 0 and float(np.nanmax(image)) <= 255)
+    if raw and issubclass(rw_class, NaturalImage2DIO) and image.shape[0] == 4:
+        image = image[:3]  # RGBA: the colour is RGB
+    g = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)) if raw else image_to_guide(image)
+    if g.shape[0] == 1:
+        g = g.expand(3, *g.shape[1:])
+    return g
+
+
+def _write_case(rw, out_dir, case: str, ending: str, refined, values, props, probs_dtype,
+                save_probabilities: bool) -> None:
+    """The refined segmentation (label values of the argmax) and, if asked, its probabilities, each atomically."""
+    import os
+
+    import numpy as np
+    from batchgenerators.utilities.file_and_folder_operations import save_pickle
+
+    seg = values[class_argmax(refined, 0).numpy()]
+    seg = seg.astype(np.uint8 if len(values) - 1 < 255 else np.uint16)
+    if save_probabilities:
+        replace_atomic(os.path.join(out_dir, case + ".npz"),  # the temporary name ends in .npz: numpy keeps it
+                       lambda t: np.savez_compressed(t, probabilities=refined.numpy().astype(probs_dtype)),
+                       suffix=".npz")
+        replace_atomic(os.path.join(out_dir, case + ".pkl"), lambda t: save_pickle(props, t))
+    replace_atomic(os.path.join(out_dir, case + ending), lambda t: rw.write_seg(seg, t, props), suffix=ending)
+
+
+def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterations: int = 10, max_pixels=None,
+                             guide: str = "auto", device: str = "auto", save_probabilities: bool = False,
+                             progress: bool = True):
+    """Refine every case of an nnU-Net prediction folder (module docstring). Returns (refined, skipped)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from nnunet_ext.stego.crf import DEFAULT_MAX_PIXELS, STEGO_CRF, refine_volume
+
+    _check_arguments(images_dir, pred_dir, out_dir, iterations)
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    device = _torch_device(device)
+    dataset_json = _dataset_json(pred_dir, dataset)
+    ending, cases, todo = _cases(pred_dir, out_dir, dataset_json)
+    crf_kwargs = dict(STEGO_CRF, iterations=int(iterations), max_pixels=max_pixels)
+    _prepare_output(out_dir, pred_dir, images_dir, guide, crf_kwargs)
 
     rw_class = None
     for case in tqdm(todo, desc="stego-crf", unit="case", disable=not progress or not todo):
@@ -192,38 +280,10 @@ def refine_prediction_folder(images_dir, pred_dir, out_dir, dataset=None, iterat
         if rw_class is None:
             rw_class = _reader_writer(pred_dir, dataset_json, ending, files[0])
         rw = rw_class()
-        try:
-            image, _ = rw.read_images(files)
-        except Exception as e:  # nnU-Net's readers raise bare RuntimeErrors / asserts
-            raise CRFError(f"cannot read {', '.join(files)} with {rw_class.__name__}: {e!r}") from None
-        props = load_pickle(os.path.join(pred_dir, case + ".pkl"))
-        with np.load(os.path.join(pred_dir, case + ".npz")) as z:
-            if "probabilities" not in z:
-                raise CRFError(f"{os.path.join(pred_dir, case + '.npz')} has no 'probabilities' array "
-                               f"(keys: {', '.join(z.files)}): not written by nnUNetv2_predict --save_probabilities?")
-            probs_np = z["probabilities"]
-        if image.ndim != 4 or probs_np.ndim != 4 or probs_np.shape[1:] != image.shape[1:]:
-            raise CRFError(f"case {case}: probabilities {tuple(probs_np.shape)} (K, *spatial) do not match the image "
-                           f"{tuple(image.shape)} (C, *spatial) read from {files[0]}: is -i the folder that was "
-                           f"predicted?")
+        image, props, probs_np = _read_case(rw, rw_class, files, pred_dir, case)
         values = _label_values(dataset_json, probs_np.shape[0], case)
-
-        raw = guide == "raw" or (guide == "auto" and issubclass(rw_class, NaturalImage2DIO)
-                                 and float(np.nanmin(image)) >= 0 and float(np.nanmax(image)) <= 255)
-        if raw and issubclass(rw_class, NaturalImage2DIO) and image.shape[0] == 4:
-            image = image[:3]  # RGBA: the colour is RGB
-        g = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)) if raw else image_to_guide(image)
-        if g.shape[0] == 1:
-            g = g.expand(3, *g.shape[1:])
+        g = _guide_of(image, guide, rw_class)
         probs = torch.from_numpy(np.ascontiguousarray(probs_np, dtype=np.float32))
         refined = refine_volume(g, probs, device=device, **crf_kwargs)  # (K, *spatial), spatial = (S, H, W)
-
-        seg = values[class_argmax(refined, 0).numpy()]
-        seg = seg.astype(np.uint8 if len(values) - 1 < 255 else np.uint16)
-        if save_probabilities:
-            replace_atomic(os.path.join(out_dir, case + ".npz"),  # the temporary name ends in .npz: numpy keeps it
-                           lambda t: np.savez_compressed(t, probabilities=refined.numpy().astype(probs_np.dtype)),
-                           suffix=".npz")
-            replace_atomic(os.path.join(out_dir, case + ".pkl"), lambda t: save_pickle(props, t))
-        replace_atomic(os.path.join(out_dir, case + ending), lambda t: rw.write_seg(seg, t, props), suffix=ending)
+        _write_case(rw, out_dir, case, ending, refined, values, props, probs_np.dtype, save_probabilities)
     return len(todo), len(cases) - len(todo)
