@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="nnunet-ext", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("--debug", action="store_true",
-                   help="show the full traceback of an expected error (or set NNUNET_EXT_DEBUG=1)")
+                   help="show the full traceback of an expected error (or set nnUNet_ext_debug=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("trainers-path", help="print the folder to put on nnUNet_extTrainer")
@@ -189,7 +189,7 @@ def expected_errors() -> tuple:
 
 
 def main(argv=None) -> int:
-    from nnunet_ext.errors import debug_enabled
+    from nnunet_ext.paths import debug_enabled
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -298,3 +298,45 @@ def trainer_files(folders: Sequence, nnunet: bool = False) -> Dict[str, str]:
 def ext_trainer_status() -> str:
     """One human-readable line: is nnunet_ext's trainer folder on ``nnUNet_extTrainer``? (:func:`ext_trainer_check`)"""
     return ext_trainer_check()[1]
+
+
+# ------------------------------------------------------------------------------------ renamed names
+_DEPRECATION_SHOWN: set = set()
+
+
+def deprecation_line(old: str, new: str, what: str) -> None:
+    """Print one line to stderr, once per process and old name: ``nnunet_ext: <what> OLD is deprecated, use NEW``."""
+    if old not in _DEPRECATION_SHOWN:
+        _DEPRECATION_SHOWN.add(old)
+        print(f"nnunet_ext: {what} {old} is deprecated, use {new} (the old name still works)", file=sys.stderr)
+
+
+def env_var(name: str, default: str | None = None, old: str | None = None) -> str | None:
+    """The environment variable ``name`` (``nnUNet_ext_*``, nnU-Net's casing), else the old spelling ``old``
+    (default: ``name`` in upper case, ``NNUNET_EXT_*``) with one deprecation line, else ``default``."""
+    value = os.environ.get(name)
+    if value is not None:
+        return value
+    old = old or name.upper()
+    if old != name and os.environ.get(old) is not None:
+        deprecation_line(old, name, "environment variable")
+        return os.environ[old]
+    return default
+
+
+def debug_enabled() -> bool:
+    """True when ``nnUNet_ext_debug`` (old name ``NNUNET_EXT_DEBUG``) is set to a true value (1, true, yes): an
+    expected error then shows its traceback (as ``nnunet-ext --debug``)."""
+    return (env_var("nnUNet_ext_debug") or "").strip().lower() in ("1", "true", "yes")
+
+
+class RenamedTrainer:
+    """Mixin of an old trainer name: ``class OldName(RenamedTrainer, NewName)`` is NewName with its settings
+    under the old class name (nnU-Net finds trainers by class name, and results folders and checkpoints carry
+    it), and prints one deprecation line naming NewName when created."""
+
+    def __init__(self, *args, **kwargs):
+        old = next(c for c in type(self).__mro__ if RenamedTrainer in c.__bases__)
+        new = old.__bases__[old.__bases__.index(RenamedTrainer) + 1]
+        deprecation_line(old.__name__, new.__name__, "trainer")
+        super().__init__(*args, **kwargs)

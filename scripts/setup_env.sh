@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Create ./.venv (if missing) and install nnunet_ext with everything it needs. Safe to re-run.
-# Needs only Python >= 3.10. Set NNUNET_EXT_VENV to use another folder.
+# Needs only Python >= 3.10. Set nnUNet_ext_venv to use another folder (old name: NNUNET_EXT_VENV, deprecated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${NNUNET_EXT_VENV:-.venv}"
+VENV="${nnUNet_ext_venv:-${NNUNET_EXT_VENV:-.venv}}"
+if [ -z "${nnUNet_ext_venv:-}" ] && [ -n "${NNUNET_EXT_VENV:-}" ]; then
+  echo "nnunet_ext: environment variable NNUNET_EXT_VENV is deprecated, use nnUNet_ext_venv" \
+       "(the old name still works)" >&2
+fi
 PY="${PYTHON:-python3}"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT

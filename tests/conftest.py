@@ -53,8 +53,9 @@ _FORKSERVER = {}
 
 def _forkserver():
     """The session's fork server (``tests/forkserver.py``), started at first use; None when turned off with
-    ``NNUNET_EXT_TEST_FORKSERVER=0`` (every run is then a plain subprocess)."""
-    if os.environ.get("NNUNET_EXT_TEST_FORKSERVER", "1") == "0":
+    ``nnUNet_ext_test_forkserver=0`` (every run is then a plain subprocess)."""
+    from nnunet_ext.paths import env_var
+    if env_var("nnUNet_ext_test_forkserver", "1") == "0":
         return None
     if "client" not in _FORKSERVER:
         import atexit
@@ -85,7 +86,7 @@ def run_cli(name: str, args, env, check: bool = True, timeout: int = 900) -> sub
 
     The run is a new process forked from the session's fork server (``tests/forkserver.py``: torch and the
     other heavy modules already imported, the script's own entry point called), or a plain subprocess with
-    ``NNUNET_EXT_TEST_FORKSERVER=0``. A run past ``timeout`` gets SIGABRT first (``PYTHONFAULTHANDLER`` makes it
+    ``nnUNet_ext_test_forkserver=0``. A run past ``timeout`` gets SIGABRT first (``PYTHONFAULTHANDLER`` makes it
     print every thread's stack), then its whole process group is killed, and the error shows where it was stuck."""
     import tempfile
 

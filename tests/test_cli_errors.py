@@ -10,6 +10,7 @@ def empty_nnunet(tmp_path, monkeypatch):
         (tmp_path / k).mkdir()
         monkeypatch.setenv(k, str(tmp_path / k))
     monkeypatch.delenv("NNUNET_EXT_DEBUG", raising=False)
+    monkeypatch.delenv("nnUNet_ext_debug", raising=False)
     return tmp_path
 
 

@@ -87,9 +87,10 @@ def test_bad_arguments_and_existing_target_one_line(tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     argv = ["convert", "la2018", "--source", str(tmp_path / "nope"), "--id", "9", "--output", str(tmp_path)]
     monkeypatch.delenv("NNUNET_EXT_DEBUG", raising=False)
+    monkeypatch.delenv("nnUNet_ext_debug", raising=False)
     with pytest.raises(SourceNotFoundError):
         main(["--debug", *argv])
-    monkeypatch.setenv("NNUNET_EXT_DEBUG", "1")
+    monkeypatch.setenv("nnUNet_ext_debug", "1")
     with pytest.raises(SourceNotFoundError):
         main(argv)
 
@@ -209,7 +210,7 @@ def test_scripts_give_the_same_one_line(tmp_path, capsys, monkeypatch, verb):
 
 def test_script_and_console_command_as_processes(tmp_path):
     args = ["--source", str(tmp_path / "nope"), "--id", "9", "--output", str(tmp_path / "raw")]
-    env = {k: v for k, v in os.environ.items() if k != "NNUNET_EXT_DEBUG"}
+    env = {k: v for k, v in os.environ.items() if k not in ("NNUNET_EXT_DEBUG", "nnUNet_ext_debug")}
     script = subprocess.run([sys.executable, str(REPO / "dataset_conversion" / "convert_msd_flat.py"), *args],
                             capture_output=True, text=True, env=env, timeout=300)
     tool = subprocess.run([str(BIN / "nnunet-ext"), "convert", "msd_flat", *args], capture_output=True, text=True,

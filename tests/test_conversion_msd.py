@@ -121,3 +121,44 @@ def test_msd_flat_real_hippocampus(tmp_path):
     assert len(os.listdir(os.path.join(out, "labelsTr"))) == 260
     lab = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "labelsTr", "hippocampus_001.nii.gz")))
     assert set(np.unique(lab)) == {0, 1, 2}
+
+
+def test_msd_task_test_split(tmp_path, capsys):
+    """convert msd --test-fraction: the held-out labelled cases in imagesTs/labelsTs (not in imagesTr), MSD's
+    unlabelled test images in imagesUnlabeled, the same choice as msd_flat's, numTraining updated."""
+    import argparse
+    from nnunet_ext.conversion.msd import pick_test_cases
+    task = make_msd_task(tmp_path / "src", n_train=5, n_test=1)
+    before = tree_checksums(task)
+    conv = CONVERTERS["msd"]
+    parser = argparse.ArgumentParser()
+    conv.add_arguments(parser)
+    args = parser.parse_args(["--source", str(task), "--id", "14", "--output", str(tmp_path / "raw"),
+                              "--num-processes", "1", "--test-fraction", "0.4", "--test-seed", "3"])
+    out = conv.run(args)
+    ids = [f"case_{i:03d}" for i in range(5)]
+    held = pick_test_cases(ids, 0.4, seed=3)
+    assert len(held) == 2
+    assert sorted(os.listdir(os.path.join(out, "labelsTs"))) == [c + ".nii.gz" for c in held]
+    assert sorted(os.listdir(os.path.join(out, "imagesTs"))) == [c + "_0000.nii.gz" for c in held]
+    train = [c for c in ids if c not in held]
+    assert sorted(os.listdir(os.path.join(out, "imagesTr"))) == [c + "_0000.nii.gz" for c in train]
+    assert sorted(os.listdir(os.path.join(out, "labelsTr"))) == [c + ".nii.gz" for c in train]
+    assert os.listdir(os.path.join(out, "imagesUnlabeled")) == ["case_005_0000.nii.gz"]
+    dj = json.load(open(os.path.join(out, "dataset.json")))
+    assert dj["numTraining"] == 3 and dj["test_selection"]["seed"] == 3
+    assert "held out 2 of 5 cases" in capsys.readouterr().out
+    assert tree_checksums(task) == before
+    # --test-cases, the other seed: another choice, same rule
+    out2 = convert_msd(str(task), 15, raw_root=str(tmp_path / "raw"), num_processes=1, verify=False,
+                       test_cases=1)
+    assert os.listdir(os.path.join(out2, "labelsTs")) == [pick_test_cases(ids, count=1)[0] + ".nii.gz"]
+
+
+def test_msd_task_test_split_errors(tmp_path):
+    from nnunet_ext.conversion import ConversionArgumentError
+    task = make_msd_task(tmp_path / "src", n_train=3, n_test=1)
+    for kwargs in ({"test_cases": 3}, {"test_fraction": 1.0}, {"test_fraction": 0.5, "test_cases": 1}):
+        with pytest.raises(ConversionArgumentError):
+            convert_msd(str(task), 16, raw_root=str(tmp_path / "raw"), num_processes=1, **kwargs)
+    assert not (tmp_path / "raw" / "Dataset016_Hippocampus").exists()

@@ -247,7 +247,7 @@ def trained_cps(cps_dataset, nnunet_env, nnunet_dirs):
     """nnUNetTrainerCPS_UIF_tiny: UIF scores at epoch 1, the run crashes at epoch 2 and is resumed with --c."""
     trainer = "nnUNetTrainerCPS_UIF_tiny"
     args = [DS_CPS, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"]
-    crashed = run_cli("nnUNetv2_train", args, dict(nnunet_env, NNUNET_EXT_TEST_CRASH_AT_EPOCH="2"), check=False)
+    crashed = run_cli("nnUNetv2_train", args, dict(nnunet_env, nnUNet_ext_test_crash_at_epoch="2"), check=False)
     assert crashed.returncode != 0 and "test crash at epoch 2" in crashed.stdout + crashed.stderr
     fold = Path(nnunet_dirs["results"]) / cps_dataset["name"] / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
     latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
@@ -334,3 +334,49 @@ def test_pseudo_label_route_writes_a_dataset_stock_nnunet_accepts(trained_cps, c
     # stock nnU-Net takes the new dataset as it is
     run_cli("nnUNetv2_plan_and_preprocess", ["-d", 504, "-c", "3d_fullres", "-npfp", 1, "-np", 1,
                                              "--verify_dataset_integrity"], nnunet_env)
+
+
+def test_pseudo_label_stability_filter_end_to_end(trained_cps, cps_dataset, nnunet_env, nnunet_dirs, tmp_path):
+    """Round 2 against a hand-made round 1: an unchanged case is kept, a changed one dropped, a missing one named;
+    a previous round of another dataset is refused before anything is written."""
+    args = ["pseudo-label", "-d", DS_CPS, "-c", "3d_fullres", "-tr", trained_cps["trainer"], "--disable-tta",
+            "-device", "cpu", "-q", "--keep", "1.0"]
+    cache = trained_cps["fold"].parent / "pseudo_labels" / "fold0_checkpoint_final_noTTA"
+    if not cache.is_dir():  # predicted once (the route's test above, or here)
+        run_cli("nnunet-ext", args + ["--target-id", 506], nnunet_env)
+    scores = json.loads((cache / "scores.json").read_text())
+    predicted = sorted(c for c, r in scores.items() if r.get("foreground_voxels", 0) > 0)
+    assert len(predicted) >= 3, scores
+    changed, missing = predicted[0], predicted[-1]
+    prev = tmp_path / "round1"
+    prev.mkdir()
+    for c in predicted:
+        if c == missing:
+            continue
+        img = sitk.ReadImage(str(cache / f"{c}.nii.gz"))
+        if c == changed:  # the previous round saw nothing where this round sees foreground
+            img = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(img)))
+        sitk.WriteImage(img, str(prev / f"{c}.nii.gz"))
+    proc = run_cli("nnunet-ext", args + ["--target-id", 505, "--previous", prev, "--min-stability", "0.9"],
+                   nnunet_env)
+    assert "missing from the previous round" in proc.stderr and missing in proc.stderr
+    new = Path(nnunet_dirs["raw"]) / "Dataset505_CPSPhantomPL"
+    record = json.loads((new / "pseudo_labels.json").read_text())
+    assert record["min_stability"] == 0.9 and record["previous"] == str(prev)
+    cases = record["cases"]
+    assert cases[changed]["stability"] == 0.0 and not cases[changed]["kept"]
+    assert cases[missing]["stability"] is None and not cases[missing]["kept"]
+    stable = [c for c in predicted if c not in (changed, missing)]
+    assert all(cases[c]["stability"] == 1.0 and cases[c]["kept"] for c in stable)
+    assert "uncertainty" in cases[stable[0]]  # beside the uncertainty score
+    assert sorted(c for c, r in cases.items() if r["kept"]) == stable
+    assert not (new / "labelsTr" / f"{changed}.nii.gz").exists()
+    # a previous round of another dataset (other labels): one line, no target written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "labels": {"background": 0, "x": 1}}))
+    bad = run_cli("nnunet-ext", args + ["--target-id", 507, "--previous", other, "--min-stability", "0.9"],
+                  nnunet_env, check=False)
+    errors = [line for line in bad.stderr.strip().splitlines() if "pseudo-label: skipped" not in line]
+    assert bad.returncode == 2 and len(errors) == 1 and "another dataset" in errors[0], bad.stderr
+    assert not list(Path(nnunet_dirs["raw"]).glob("*Dataset507*"))

@@ -1,6 +1,6 @@
 """The default nnUNetTrainerFD equals the authors' SelfReg-UNet composition, transcribed independently.
 
-The transcription (METHODS.md section 4, in this file's own words): run the U-Net's encoder and
+The transcription (docs/methods/fd.md, in this file's own words): run the U-Net's encoder and
 re-run its decoder loop by hand; the students are the encoder stage outputs except the first
 (full-resolution) one and the decoder stage outputs except the last; the teacher is the last
 decoder stage output, detached, with no intra term. Loss = lambda * (mean intra over the encoder

@@ -27,7 +27,7 @@ def trained_fd(dataset3d, nnunet_env, nnunet_dirs):
     Returns the fold folder and checkpoint_latest.pth as it was at the crash."""
     trainer = "nnUNetTrainerFD_tinyCrash"
     args = [dataset3d["id"], "3d_fullres", 0, "-tr", trainer, "-device", "cpu"]
-    proc = run_cli("nnUNetv2_train", args, dict(nnunet_env, NNUNET_EXT_TEST_CRASH_AT_EPOCH="2"), check=False)
+    proc = run_cli("nnUNetv2_train", args, dict(nnunet_env, nnUNet_ext_test_crash_at_epoch="2"), check=False)
     assert proc.returncode != 0 and "test crash at epoch 2" in proc.stderr + proc.stdout
     fold = _fold_dir(nnunet_dirs, dataset3d, trainer)
     latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)

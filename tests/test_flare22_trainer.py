@@ -162,7 +162,7 @@ def trained_with_stack(flare_dataset, nnunet_env, nnunet_dirs):
             nnunet_env)
     trainer = "nnUNetTrainerFLARE22_tiny"
     args = [DS_FLARE, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"]
-    crashed = run_cli("nnUNetv2_train", args, dict(nnunet_env, NNUNET_EXT_TEST_CRASH_AT_EPOCH="2"), check=False)
+    crashed = run_cli("nnUNetv2_train", args, dict(nnunet_env, nnUNet_ext_test_crash_at_epoch="2"), check=False)
     assert crashed.returncode != 0 and "test crash at epoch 2" in crashed.stdout + crashed.stderr
     fold = _fold(nnunet_dirs, flare_dataset, trainer)
     latest = _ckpt(fold / "checkpoint_latest.pth")

@@ -1,7 +1,7 @@
 """The README's walk-through, run as written on a tiny synthetic Task04_Hippocampus.
 
 The commands are read from README.md itself: the ```bash blocks of the section "## Environment" (the nnU-Net
-folders), of "## Use, in order" (download, unpack, flat view of the labelled cases, convert with a held-out test
+folders), of "## Use, in order" (download, unpack, convert the MSD task with a held-out test
 split, plan and preprocess, train stock / FD / FD --c, predict, evaluate) and of its sub-section "### Training on a
 CPU" (plan-small, the *_smallBudget trainers, predict, evaluate). Backslash-continued lines are joined, comments
 dropped, and the commands run one after the other through ``bash -c`` like one shell session: each starts in the
@@ -51,7 +51,7 @@ CPU_SUBSECTION = "### Training on a CPU"
 DATASET = "Dataset004_Hippocampus"
 TASK = "Task04_Hippocampus"
 NUM_CASES = 15  # --test-fraction 0.2 holds out 3: 12 training, 3 test cases (as test_fd_end_to_end.py)
-NUM_UNLABELLED = 2  # MSD's imagesTs: images without labels (not used by the walk, present as in the real task)
+NUM_UNLABELLED = 2  # MSD's imagesTs: images without labels (convert moves them to imagesUnlabeled)
 # short-schedule test trainers without final validation (tests/ext_trainers/readme_walk_trainers.py)
 STOCK, FD, FD_MICRO = "nnUNetTrainer_readmeWalk", "nnUNetTrainerFD_readmeWalk", "nnUNetTrainerFD_readmeWalkMicro"
 
@@ -156,12 +156,11 @@ def test_readme_walk_is_found_and_every_substitution_matches(readme):
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         assert re.search(rf"\b{var}=\$HOME/\S+", env[1]), (var, env[1])  # outside the checkout
     assert heads(use) == [
-        "mkdir -p", 'cp "$WALK_ARCHIVE"', "tar xf", "mkdir -p", "ln -sfn", "ln -sfn",
-        "cp Task04_Hippocampus/dataset.json", "nnunet-ext convert", "nnUNetv2_plan_and_preprocess -d", "nnUNetv2_train 4", "nnUNetv2_train 4",
-        "nnUNetv2_train 4", "nnUNetv2_predict -i", "nnunet-ext evaluate"], use
+        "mkdir -p", 'cp "$WALK_ARCHIVE"', "tar xf", "nnunet-ext convert", "nnUNetv2_plan_and_preprocess -d",
+        "nnUNetv2_train 4", "nnUNetv2_train 4", "nnUNetv2_train 4", "nnUNetv2_predict -i", "nnunet-ext evaluate"], use
     assert use[0] == "mkdir -p $HOME/nnunet_work && cd $HOME/nnunet_work", use[0]
     convert = use[heads(use).index("nnunet-ext convert")]
-    assert convert == "nnunet-ext convert msd_flat --source hippocampus_flat --id 4 --test-fraction 0.2", convert
+    assert convert == "nnunet-ext convert msd --source Task04_Hippocampus --id 4 --test-fraction 0.2", convert
     plan = use[heads(use).index("nnUNetv2_plan_and_preprocess -d")]
     assert "--verify_dataset_integrity" in plan
     train_stock, train_fd, resume, predict, evaluate = use[-5:]
@@ -331,13 +330,14 @@ def test_use_in_order(use_in_order, walk):
     assert not any((walk.root / "checkout").iterdir()), "the walk wrote into the checkout"
     ds = walk.folder("nnUNet_raw") / DATASET
     # convert: every labelled case of the task once, 20% held out in imagesTs/labelsTs, not in imagesTr;
-    # the macOS ._ files and MSD's unlabelled imagesTs are not cases
+    # the macOS ._ files are not cases; MSD's unlabelled imagesTs went to imagesUnlabeled
     test_cases = sorted(p.name for p in (ds / "labelsTs").glob("*.nii.gz"))
     train_cases = sorted(p.name for p in (ds / "labelsTr").glob("*.nii.gz"))
     assert len(test_cases) == round(0.2 * NUM_CASES) and len(train_cases) == NUM_CASES - len(test_cases)
     assert not set(test_cases) & set(train_cases)
     assert sorted(test_cases + train_cases) == sorted(p.name for p in (work / TASK / "labelsTr").glob("hipp*"))
     assert len(list((ds / "imagesTr").glob("*_0000.nii.gz"))) == len(train_cases)
+    assert len(list((ds / "imagesUnlabeled").glob("*_0000.nii.gz"))) == NUM_UNLABELLED
     assert json.loads((ds / "dataset.json").read_text())["labels"] == {"background": 0, "Anterior": 1,
                                                                        "Posterior": 2}
     # plan and preprocess (the integrity check passed: the command would have failed)

@@ -1,18 +1,19 @@
 """Internal feature distillation (SelfReg-UNet): nnUNetTrainerFD and its settings variants."""
 from nnunet_ext.fd.trainer import nnUNetTrainerFD
+from nnunet_ext.paths import RenamedTrainer
 
 
-class nnUNetTrainerFD_lambda0010(nnUNetTrainerFD):
+class nnUNetTrainerFD_lambda0p01(nnUNetTrainerFD):
     """FD with lambda = 0.010 (the value of one published command)."""
     fd_lambda = 0.010
 
 
-class nnUNetTrainerFD_lambda0050(nnUNetTrainerFD):
+class nnUNetTrainerFD_lambda0p05(nnUNetTrainerFD):
     """FD with lambda = 0.050."""
     fd_lambda = 0.050
 
 
-class nnUNetTrainerFD_lambda0100(nnUNetTrainerFD):
+class nnUNetTrainerFD_lambda0p1(nnUNetTrainerFD):
     """FD with lambda = 0.100."""
     fd_lambda = 0.100
 
@@ -32,6 +33,20 @@ class nnUNetTrainerFD_allBlocks(nnUNetTrainerFD):
     fd_selection = "blocks"
 
 
-__all__ = ["nnUNetTrainerFD", "nnUNetTrainerFD_lambda0010", "nnUNetTrainerFD_lambda0050",
-           "nnUNetTrainerFD_lambda0100", "nnUNetTrainerFD_intraOnly", "nnUNetTrainerFD_interOnly",
-           "nnUNetTrainerFD_allBlocks"]
+# Old names (before the naming rule of docs/developers.md): same settings, one deprecation line when created.
+class nnUNetTrainerFD_lambda0010(RenamedTrainer, nnUNetTrainerFD_lambda0p01):
+    """Deprecated name of nnUNetTrainerFD_lambda0p01."""
+
+
+class nnUNetTrainerFD_lambda0050(RenamedTrainer, nnUNetTrainerFD_lambda0p05):
+    """Deprecated name of nnUNetTrainerFD_lambda0p05."""
+
+
+class nnUNetTrainerFD_lambda0100(RenamedTrainer, nnUNetTrainerFD_lambda0p1):
+    """Deprecated name of nnUNetTrainerFD_lambda0p1."""
+
+
+__all__ = ["nnUNetTrainerFD", "nnUNetTrainerFD_lambda0p01", "nnUNetTrainerFD_lambda0p05",
+           "nnUNetTrainerFD_lambda0p1", "nnUNetTrainerFD_intraOnly", "nnUNetTrainerFD_interOnly",
+           "nnUNetTrainerFD_allBlocks", "nnUNetTrainerFD_lambda0010", "nnUNetTrainerFD_lambda0050",
+           "nnUNetTrainerFD_lambda0100"]

@@ -1,5 +1,6 @@
 """S2S2 semantic stacking (nnUNetTrainerS2S2) and its variants; needs `nnunet-ext s2s2-generate` first."""
 from nnunet_ext.fd.trainer import nnUNetTrainerFD
+from nnunet_ext.paths import RenamedTrainer
 from nnunet_ext.s2s2.trainer import nnUNetTrainerS2S2
 
 
@@ -8,7 +9,7 @@ class nnUNetTrainerS2S2_encOnly(nnUNetTrainerS2S2):
     s2s2_alpha_dec = 0.0
 
 
-class nnUNetTrainerS2S2_enc04(nnUNetTrainerS2S2):
+class nnUNetTrainerS2S2_enc0p4(nnUNetTrainerS2S2):
     """S2S2 with alpha_enc 0.4 on the bottleneck only, alpha_dec 0 (total consistency weight 0.4).
 
     FCBFormer's weight on one feature, but not FCBFormer's setting: FCBFormer puts 0.4 on two encoder-side features
@@ -71,6 +72,11 @@ class nnUNetTrainerS2S2FD(nnUNetTrainerS2S2, nnUNetTrainerFD):
     """S2S2 + internal feature distillation (FD's term with FD's settings), composed through build_loss_terms."""
 
 
-__all__ = ["nnUNetTrainerS2S2", "nnUNetTrainerS2S2_encOnly", "nnUNetTrainerS2S2_enc04", "nnUNetTrainerS2S2_fcbformer",
-           "nnUNetTrainerS2S2_paperWeights", "nnUNetTrainerS2S2_slaug", "nnUNetTrainerS2S2_gin",
-           "nnUNetTrainerS2S2_diffusion", "nnUNetTrainerS2S2_controlnet", "nnUNetTrainerS2S2FD"]
+class nnUNetTrainerS2S2_enc04(RenamedTrainer, nnUNetTrainerS2S2_enc0p4):
+    """Deprecated name of nnUNetTrainerS2S2_enc0p4 (before the naming rule of docs/developers.md)."""
+
+
+__all__ = ["nnUNetTrainerS2S2", "nnUNetTrainerS2S2_encOnly", "nnUNetTrainerS2S2_enc0p4",
+           "nnUNetTrainerS2S2_fcbformer", "nnUNetTrainerS2S2_paperWeights", "nnUNetTrainerS2S2_slaug",
+           "nnUNetTrainerS2S2_gin", "nnUNetTrainerS2S2_diffusion", "nnUNetTrainerS2S2_controlnet",
+           "nnUNetTrainerS2S2FD", "nnUNetTrainerS2S2_enc04"]

@@ -4,7 +4,7 @@ Every expected failure of a converter (a source that does not look as expected, 
 an existing target, a bad argument) is a :class:`nnunet_ext.errors.UserError`, so that
 ``nnunet-ext convert NAME`` (and the ``dataset_conversion/`` scripts, which run the same entry
 point) print it as one line, ``nnunet-ext convert NAME: error: <what, where, how to fix>``, without
-a traceback (``--debug`` or ``NNUNET_EXT_DEBUG=1`` shows it). Each one also derives from the
+a traceback (``--debug`` or ``nnUNet_ext_debug=1`` shows it). Each one also derives from the
 standard exception it used to be (``ValueError``, ``FileExistsError``, ``FileNotFoundError``,
 ``RuntimeError``), so callers that do not know this package can still catch it.
 

@@ -6,7 +6,12 @@ Two converters:
     The original MSD ``TaskXX_Name`` folder (``imagesTr``, ``labelsTr``, ``imagesTs``, ``dataset.json``,
     4D NIfTI for multi-modal tasks). Delegates to nnU-Net's own ``convert_msd_dataset``
     (``nnUNetv2_convert_MSD_dataset``) and adds only the shared guarantees: a target id/name of your
-    choice, overwrite protection, atomic write and the integrity check.
+    choice, overwrite protection, atomic write and the integrity check. MSD publishes no test labels:
+    ``--test-fraction F`` / ``--test-cases N`` (``--test-seed S``) hold out labelled training cases as the
+    test set, chosen as for ``msd_flat`` below; they move from imagesTr/labelsTr to imagesTs/labelsTs,
+    and MSD's own unlabelled test images then go to ``imagesUnlabeled`` (so that imagesTs and labelsTs hold
+    the same cases, for ``nnUNetv2_predict -i imagesTs`` and ``nnunet-ext evaluate -gt labelsTs``).
+    Without these options the layout is nnU-Net's: imagesTs holds MSD's unlabelled test images.
 
 ``msd_flat``
     A flat copy of an MSD task with ``images/<case>.nii.gz`` and ``labels/<case>.nii.gz`` (same file
@@ -203,13 +208,15 @@ def convert_msd_flat(source: str, dataset_id: int, name: str = "Hippocampus", ra
 
 def convert_msd(source: str, dataset_id: Optional[int] = None, name: Optional[str] = None,
                 raw_root: Optional[str] = None, overwrite: bool = False, num_processes: int = 2,
-                verify: bool = True) -> str:
+                verify: bool = True, test_fraction: Optional[float] = None, test_cases: Optional[int] = None,
+                test_seed: int = 0) -> str:
     """Convert an original MSD ``TaskXX_Name`` folder with nnU-Net's ``convert_msd_dataset``.
 
     ``dataset_id`` defaults to the task number, ``name`` to the task name. The nnU-Net function
     writes into ``$nnUNet_raw`` and checks ids itself; here it is pointed at a temporary folder next
     to the target (this converter has already checked the target id in ``raw_root``), and the result
-    is validated and moved into place. Returns the written dataset folder.
+    is validated and moved into place. ``test_fraction`` / ``test_cases`` / ``test_seed``: a held-out
+    labelled test set (see the module docstring; default none). Returns the written dataset folder.
     """
     import nnunetv2.dataset_conversion.convert_MSD_dataset as msd_mod
 
@@ -237,6 +244,8 @@ def convert_msd(source: str, dataset_id: Optional[int] = None, name: Optional[st
     if absent:
         raise SourceLayoutError("msd", "an MSD dataset.json with the keys labels, modality, training and test",
                                 f"no {absent}", os.path.join(source, "dataset.json"))
+    if test_fraction is not None or test_cases is not None:  # bad values fail before any work
+        pick_test_cases(_msd_label_ids(source), test_fraction, test_cases, test_seed)
     task_id = int(parts[0][4:])
     dataset_id = task_id if dataset_id is None else dataset_id
     name = name or parts[1]
@@ -257,20 +266,59 @@ def convert_msd(source: str, dataset_id: Optional[int] = None, name: Optional[st
         for entry in os.listdir(produced):
             os.rename(os.path.join(produced, entry), os.path.join(tmp, entry))
         os.rmdir(produced)
+        summary = _hold_out_msd(tmp, test_fraction, test_cases, test_seed)
         from .verify import count_cases, format_counts, verify_output
         counts = verify_output(tmp, num_processes) if verify else count_cases(tmp)
     print(f"msd: {counts['imagesTr']} training cases converted ({format_counts(counts)})"
-          + ("" if verify else " [integrity check skipped]"))
+          + ("" if verify else " [integrity check skipped]") + (f"; {summary}" if summary else ""))
     return target
 
 
-def _add_flat_args(p):
-    p.add_argument("--channel-names", nargs="+", default=None, metavar="NAME",
-                   help="one name per image channel (default: from the MSD dataset.json, else MRI)")
-    p.add_argument("--label-names", nargs="+", default=None, metavar="NAME",
-                   help="names of label values 0,1,2,... "
-                        "(default: from dataset.json, else background Anterior Posterior)")
-    p.add_argument("--max-cases", type=int, default=None, metavar="N", help="convert only the first N cases")
+def _msd_label_ids(source: str) -> List[str]:
+    """Case ids of an MSD task's labelsTr, as nnU-Net's converter reads them (no '.' / '_' files)."""
+    return sorted(f[:-7] for f in os.listdir(os.path.join(source, "labelsTr"))
+                  if f.endswith(".nii.gz") and not f.startswith((".", "_")))
+
+
+def _hold_out_msd(folder: str, fraction: Optional[float], count: Optional[int], seed: int) -> str:
+    """Move the held-out cases of a converted MSD task from imagesTr/labelsTr to imagesTs/labelsTs, MSD's
+    unlabelled test images to imagesUnlabeled, and record the split in dataset.json; returns the summary
+    ('' when nothing is held out)."""
+    from nnunet_ext.unlabeled.raw import UNLABELED_DIR
+
+    ids = sorted(f[:-7] for f in os.listdir(os.path.join(folder, "labelsTr")) if f.endswith(".nii.gz"))
+    held_out = pick_test_cases(ids, fraction, count, seed)
+    if not held_out:
+        return ""
+    images_ts, labels_ts = os.path.join(folder, "imagesTs"), os.path.join(folder, "labelsTs")
+    if os.path.isdir(images_ts) and os.listdir(images_ts):
+        os.rename(images_ts, os.path.join(folder, UNLABELED_DIR))
+    os.makedirs(images_ts, exist_ok=True)
+    os.makedirs(labels_ts)
+    held = set(held_out)
+    for f in os.listdir(os.path.join(folder, "imagesTr")):  # <case>_XXXX.nii.gz
+        if f.endswith(".nii.gz") and f[:-12] in held:
+            os.rename(os.path.join(folder, "imagesTr", f), os.path.join(images_ts, f))
+    for case in held_out:
+        os.rename(os.path.join(folder, "labelsTr", case + ".nii.gz"), os.path.join(labels_ts, case + ".nii.gz"))
+    how = f"--test-fraction {fraction}" if fraction is not None else f"--test-cases {count}"
+    split = (f"{len(ids) - len(held_out)} training cases (imagesTr), {len(held_out)} held-out test cases "
+             f"(imagesTs/labelsTs; {how}, --test-seed {seed}); MSD's unlabelled test images in {UNLABELED_DIR}")
+    path = os.path.join(folder, "dataset.json")
+    with open(path) as f:
+        dj = json.load(f)
+    dj["numTraining"] = len(ids) - len(held_out)
+    dj["description"] = (str(dj.get("description", "")) + "; " if dj.get("description") else "") + split
+    dj["split"] = split
+    dj["test_selection"] = {"fraction": fraction, "cases": count, "seed": seed,
+                            "rule": "smallest sha256('<seed>:<case id>')"}
+    with open(path, "w") as f:
+        json.dump(dj, f, indent=4)
+    return (f"held out {len(held_out)} of {len(ids)} cases as the test set in imagesTs/labelsTs "
+            f"(not in imagesTr; {how}, --test-seed {seed}); MSD's unlabelled test images in {UNLABELED_DIR}")
+
+
+def _add_test_args(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--test-fraction", type=float, default=None, metavar="F",
                    help="hold out this fraction of the cases (0 <= F < 1) as a labelled test set in imagesTs/labelsTs "
@@ -281,6 +329,16 @@ def _add_flat_args(p):
                    help="seed of the deterministic test-case choice (default 0)")
 
 
+def _add_flat_args(p):
+    p.add_argument("--channel-names", nargs="+", default=None, metavar="NAME",
+                   help="one name per image channel (default: from the MSD dataset.json, else MRI)")
+    p.add_argument("--label-names", nargs="+", default=None, metavar="NAME",
+                   help="names of label values 0,1,2,... "
+                        "(default: from dataset.json, else background Anterior Posterior)")
+    p.add_argument("--max-cases", type=int, default=None, metavar="N", help="convert only the first N cases")
+    _add_test_args(p)
+
+
 def _run_flat(args) -> str:
     return convert_msd_flat(args.source, args.id, args.name or "Hippocampus", channel_names=args.channel_names,
                             label_names=args.label_names, max_cases=args.max_cases, test_fraction=args.test_fraction,
@@ -288,10 +346,11 @@ def _run_flat(args) -> str:
 
 
 def _run_msd(args) -> str:
-    return convert_msd(args.source, args.id, args.name, **common_kwargs(args))
+    return convert_msd(args.source, args.id, args.name, test_fraction=args.test_fraction, test_cases=args.test_cases,
+                       test_seed=args.test_seed, **common_kwargs(args))
 
 
 MSD_FLAT = Converter("msd_flat", "flat MSD copy (images/*.nii.gz + labels/*.nii.gz), e.g. Hippocampus",
                      _add_flat_args, _run_flat)
 MSD = Converter("msd", "original MSD TaskXX_Name folder (delegates to nnU-Net's convert_msd_dataset)",
-                None, _run_msd, with_skip_bad=False)
+                _add_test_args, _run_msd, with_skip_bad=False)

@@ -16,7 +16,13 @@ with a model trained on the new dataset to iterate.
 
 Uncertainty of a pseudo-label (documented in nnunet_ext/cps/uncertainty.py): the mean normalised entropy
 (0..1) of the predicted class probabilities over the voxels predicted as foreground or next to it (the
-whole image when nothing is predicted); an empty prediction is never kept."""
+whole image when nothing is predicted); an empty prediction is never kept.
+
+Iterating with the stability filter (the FLARE22 winner's): --previous names the previous round's pseudo-labels
+(the dataset pseudo-label wrote then, or a folder of CASE<file_ending> label files); each case's stability (the
+Dice between this round's and the previous round's pseudo-label, mean over the foreground classes in either) is
+recorded in pseudo_labels.json, and with --min-stability S a case is kept only if it is at least S (and it passes
+the uncertainty filter). See docs/methods/cps.md, "Iterative pseudo-labels"."""
 
 
 def register(subparsers) -> None:
@@ -37,6 +43,12 @@ def register(subparsers) -> None:
                         "the most certain are kept (default 0.95; the FLARE22 winner kept 1924 of 2000)")
     p.add_argument("--max-uncertainty", dest="max_uncertainty", type=float, default=None,
                    help="also drop every pseudo-label whose uncertainty is above this value (0..1)")
+    p.add_argument("--previous", default=None, metavar="DIR_OR_DATASET",
+                   help="the previous round's pseudo-labels: the dataset (id, name or folder) pseudo-label wrote "
+                        "then, or a folder of CASE<file_ending> label files; records each case's stability")
+    p.add_argument("--min-stability", dest="min_stability", type=float, default=None, metavar="S",
+                   help="keep a case only if its stability (Dice with the previous round, 0..1) is at least S, "
+                        "e.g. 0.9; needs --previous")
     p.add_argument("--disable-tta", dest="disable_tta", action="store_true", help="no test-time mirroring")
     p.add_argument("-device", dest="device", choices=["cuda", "cpu", "mps"], default=None,
                    help="default: cuda if available")
@@ -52,6 +64,7 @@ def cmd_pseudo_label(args) -> int:
                             folds=args.folds, plans=args.plans, checkpoint=args.checkpoint,
                             target_id=args.target_id, target_name=args.target_name, keep=float(args.keep),
                             max_uncertainty=args.max_uncertainty, use_mirroring=not args.disable_tta,
-                            device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+                            device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+                            previous=args.previous, min_stability=args.min_stability)
     run_pseudo_label(s)
     return 0

@@ -77,7 +77,7 @@ class EvaluationError(UserError, ValueError):
 
     A ``ValueError`` (and the project's ``nnunet_ext.errors.UserError``). The message names the file or
     value at fault, what differs and how to fix it. The ``nnunet-ext evaluate`` command prints it as one
-    line and exits with code 2 (the traceback only with ``nnunet-ext --debug`` / ``NNUNET_EXT_DEBUG=1``).
+    line and exits with code 2 (the traceback only with ``nnunet-ext --debug`` / ``nnUNet_ext_debug=1``).
     """
 
 

@@ -37,6 +37,7 @@ from nnunet_ext.core.labels import class_argmax
 from nnunet_ext.core.resources import PeakMemory
 from nnunet_ext.errors import UserError
 from nnunet_ext.flare22.roi import ROI, DEFAULT_MARGIN_MM, box_in_original, grow_box, keep_largest_components
+from nnunet_ext.paths import debug_enabled
 
 CSV_NAME = "predict_c2f_cases.csv"
 CSV_FIELDS = ("case", "status", "fallback", "roi", "read_s", "coarse_s", "fine_s", "write_s", "total_s",
@@ -117,7 +118,7 @@ class CoarseToFinePredictor:
         logits = self.coarse.predict_logits_from_preprocessed_data(d)
         self._sync()
         times["coarse_net"] = time.perf_counter() - t
-        seg = class_argmax(logits, 0).numpy().astype(np.uint8)
+        seg = class_argmax(logits, 0).cpu().numpy().astype(np.uint8)  # CPU logits in nnU-Net 2.8, maybe not later
         del logits
         seg = keep_largest_components(seg, self.labels)
         n = int(np.count_nonzero(seg))
@@ -255,7 +256,7 @@ def predict_folder(predictor: CoarseToFinePredictor, input_folder: str, output_f
             if not isinstance(e, UserError):  # an unexpected failure: say which input it was
                 res.error = f"{type(e).__name__} while predicting {names}: {res.error}"
             log(f"ERROR {case}: {res.error}")
-            if os.environ.get("NNUNET_EXT_DEBUG"):
+            if debug_enabled():
                 traceback.print_exc()
         results.append(res)
         _write_csv(csv_file, [r.row() for r in results])

@@ -1,8 +1,8 @@
 """Test-only short-schedule CPS trainers (this folder is on nnUNet_extTrainer in the tests)."""
-import os
 
 from nnunet_ext.core.schedule import NoFinalValidationMixin, ScheduleMixin
 from nnunet_ext.cps.trainer import nnUNetTrainerCPS, nnUNetTrainerCPS_UIF
+from nnunet_ext.paths import env_var
 
 
 CPS_TINY = {"num_epochs": 3, "num_iterations_per_epoch": 6, "num_val_iterations_per_epoch": 1, "save_every": 1}
@@ -22,7 +22,7 @@ class nnUNetTrainerCPS_UIF_tiny(NoFinalValidationMixin, ScheduleMixin, nnUNetTra
     uif_patches_per_case = 2
 
     def on_epoch_start(self):
-        crash = os.environ.get("NNUNET_EXT_TEST_CRASH_AT_EPOCH")
+        crash = env_var("nnUNet_ext_test_crash_at_epoch")
         if crash is not None and self.current_epoch == int(crash):
             raise RuntimeError(f"test crash at epoch {self.current_epoch}")
         super().on_epoch_start()

@@ -2,10 +2,10 @@
 
 Both skip nnU-Net's final validation (test time; sliding-window inference of the pair is covered by the test's
 nnUNetv2_predict, per-epoch validation still runs)."""
-import os
 
 from nnunet_ext.core.schedule import NoFinalValidationMixin, ScheduleMixin
 from nnunet_ext.flare22.trainer import nnUNetTrainerFLARE22
+from nnunet_ext.paths import env_var
 
 
 class nnUNetTrainerFLARE22_tiny(NoFinalValidationMixin, ScheduleMixin, nnUNetTrainerFLARE22):
@@ -17,7 +17,7 @@ class nnUNetTrainerFLARE22_tiny(NoFinalValidationMixin, ScheduleMixin, nnUNetTra
     uif_patches_per_case = 1
 
     def on_epoch_start(self):
-        crash = os.environ.get("NNUNET_EXT_TEST_CRASH_AT_EPOCH")
+        crash = env_var("nnUNet_ext_test_crash_at_epoch")
         if crash is not None and self.current_epoch == int(crash):
             raise RuntimeError(f"test crash at epoch {self.current_epoch}")
         super().on_epoch_start()

@@ -1,5 +1,4 @@
 """Test-only short-schedule trainers (put this folder on nnUNet_extTrainer in the tests)."""
-import os
 
 import torch
 
@@ -7,6 +6,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.core.schedule import ScheduleMixin
 from nnunet_ext.fd.trainer import nnUNetTrainerFD
+from nnunet_ext.paths import env_var
 
 TINY = {"num_epochs": 3, "num_iterations_per_epoch": 10, "num_val_iterations_per_epoch": 2, "save_every": 1}
 
@@ -42,11 +42,11 @@ class nnUNetTrainer_tinyC2F(ScheduleMixin, nnUNetTrainer):
 
 
 class nnUNetTrainerFD_tinyCrash(ScheduleMixin, nnUNetTrainerFD):
-    """Stops with an error at the start of epoch $NNUNET_EXT_TEST_CRASH_AT_EPOCH (to test --c)."""
+    """Stops with an error at the start of epoch $nnUNet_ext_test_crash_at_epoch (to test --c)."""
     schedule = TINY
 
     def on_epoch_start(self):
-        crash = os.environ.get("NNUNET_EXT_TEST_CRASH_AT_EPOCH")
+        crash = env_var("nnUNet_ext_test_crash_at_epoch")
         if crash is not None and self.current_epoch == int(crash):
             raise RuntimeError(f"test crash at epoch {self.current_epoch}")
         super().on_epoch_start()
