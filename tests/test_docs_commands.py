@@ -14,8 +14,8 @@ data a test cannot have, so they are checked statically here, the same way for e
   of ``trainers/`` or of nnU-Net, and so does every ``nnUNetTrainer...`` name in the text, except classes that a
   page defines itself in a ```python block;
 * every relative link points to an existing file (and its ``#anchor`` to a heading of that file);
-* the user pages never mention ``../shared`` (it exists only beside this repository's CI) nor a ``METHODS.md``,
-  and README.md stays at most 15 KB.
+* the user pages never mention ``../shared`` (it exists only beside this repository's CI), no tracked file cites the
+  developers' reference notes (``REFERENCE_NOTES``), and README.md stays at most 15 KB.
 
 Fast: one helper process for all help texts (about 10-20 s on 2 busy cores), the rest is text.
 """
@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from test_readme_walkthrough import shell_commands  # the walk-through's reading of a code block
 
 README = REPO / "README.md"
 DOCS = [README, *sorted((REPO / "docs").rglob("*.md")), REPO / "benchmarks" / "results" / "README.md"]
@@ -79,23 +80,6 @@ def prose(text: str) -> str:
         if not inside:
             out.append(line)
     return "\n".join(out)
-
-
-def shell_commands(lines) -> list:
-    """Backslash continuations joined, comments dropped (as the walk-through test reads the README)."""
-    joined, cur = [], ""
-    for line in lines:
-        if line.rstrip().endswith("\\"):
-            cur += line.rstrip()[:-1] + " "
-            continue
-        joined.append(cur + line)
-        cur = ""
-    out = []
-    for cmd in joined:
-        cmd = " ".join(re.sub(r"(^|\s)#.*$", "", cmd).split())
-        if cmd:
-            out.append(cmd)
-    return out
 
 
 def simple_commands(cmd: str) -> list:
@@ -354,17 +338,33 @@ def test_every_relative_link_points_to_a_file():
     assert not problems, "broken links:\n" + "\n".join(problems)
 
 
+#: the developers' reference notes beside the repository, which users never have (spelled in two parts so that
+#: this file does not cite it either)
+REFERENCE_NOTES = "METHODS" + ".md"
+
+
 def test_user_pages_name_nothing_a_user_lacks():
     problems = []
     for page in USER_PAGES:
         text = page.read_text(encoding="utf-8")
-        for bad in ("../shared", "shared/data", "shared/weights", "METHODS.md"):
+        for bad in ("../shared", "shared/data", "shared/weights", REFERENCE_NOTES):
             if bad in text:
                 problems.append(f"{rel(page)} mentions {bad}")
-    for page in DOCS:
-        if "METHODS.md" in page.read_text(encoding="utf-8"):
-            problems.append(f"{rel(page)} mentions METHODS.md")
     assert not problems, "\n".join(sorted(set(problems)))
+
+
+def test_no_file_cites_the_reference_notes():
+    """Code, tests and docs cite the project's own method pages (docs/methods/), never the reference notes."""
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files cannot be listed")
+    problems = []
+    for name in listed.stdout.splitlines():
+        f = REPO / name
+        if f.suffix in (".py", ".md", ".sh", ".txt", ".cfg", ".toml", ".json") and f.is_file():
+            if REFERENCE_NOTES in f.read_text(encoding="utf-8", errors="replace"):
+                problems.append(name)
+    assert not problems, f"files citing {REFERENCE_NOTES} (cite docs/methods/<method>.md instead): {problems}"
 
 
 def test_readme_is_short_and_names_the_ci_test_command():

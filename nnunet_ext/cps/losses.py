@@ -1,4 +1,4 @@
-"""The cross pseudo supervision loss (Chen et al., CVPR 2021; METHODS.md section 5).
+"""The cross pseudo supervision loss (Chen et al., CVPR 2021; docs/methods/cps.md).
 
 For networks A and B with logits ``p_a``, ``p_b`` on the same (labelled and unlabelled) patches::
 
@@ -7,7 +7,7 @@ For networks A and B with logits ``p_a``, ``p_b`` on the same (labelled and unla
 each a cross-entropy averaged over all voxels of the batch; the argmax pseudo-labels carry no gradient, so
 ``cps_a`` trains A only and ``cps_b`` trains B only. The two directions enter the total as
 ``lambda * (cps_a + cps_b)``. This is the intended loss: no class shift between pseudo-targets and
-supervised targets (the shift of the FLARE22 CSSN code is a bug, METHODS.md).
+supervised targets (the shift of the FLARE22 CSSN code is a bug, docs/methods/cps.md).
 
 Deep supervision: each output scale gets the CE against the other network's argmax *at that scale*,
 weighted with nnU-Net's deep-supervision weights (those of the segmentation loss), so the auxiliary outputs
@@ -15,6 +15,7 @@ are supervised like nnU-Net supervises them with labels.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence, Tuple
 
 import torch
@@ -48,4 +49,4 @@ def sigmoid_rampup(epoch: int, rampup_epochs: int) -> float:
     if rampup_epochs <= 0:
         return 1.0
     t = min(max(epoch / rampup_epochs, 0.0), 1.0)
-    return float(torch.exp(torch.tensor(-5.0 * (1.0 - t) ** 2)))
+    return math.exp(-5.0 * (1.0 - t) ** 2)

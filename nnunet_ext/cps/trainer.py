@@ -1,6 +1,6 @@
 """``nnUNetTrainerCPS`` and ``nnUNetTrainerCPS_UIF``: semi-supervised nnU-Net with unlabelled images.
 
-Cross pseudo supervision (Chen et al., CVPR 2021), as in METHODS.md section 5:
+Cross pseudo supervision (Chen et al., CVPR 2021), as in docs/methods/cps.md:
 
 * Two networks with nnU-Net's planned architecture, built twice (so initialised differently), held as one
   ``CPSNetworkPair`` (``nnunet_ext.cps.network``).

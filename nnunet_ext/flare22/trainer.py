@@ -1,6 +1,6 @@
 """``nnUNetTrainerFLARE22``: CPS + UIF, internal feature distillation and (where a stack exists) S2S2, composed.
 
-The FLARE22 method (METHODS.md section 5) is semi-supervised: cross pseudo supervision of two networks on
+The FLARE22 method (docs/methods/flare22.md) is semi-supervised: cross pseudo supervision of two networks on
 labelled and unlabelled images, with uncertainty image filtering of the unlabelled cases. This trainer adds the
 project's two single-network regularisers to it. Nothing is re-implemented: the class is
 ``nnUNetTrainerS2S2, nnUNetTrainerFD, nnUNetTrainerCPS_UIF`` combined, and each part keeps its own code.
@@ -92,7 +92,7 @@ class nnUNetTrainerFLARE22(nnUNetTrainerS2S2, nnUNetTrainerFD, nnUNetTrainerCPS_
     """CPS (weight 1, no ramp-up) + UIF (keep the 10% most certain after 20% of the epochs) + FD (0.015) on each
     network + S2S2 (1.0 / 1.0 / 1.0) on each network where a semantic stack exists."""
 
-    # CPS + UIF: the FLARE22 settings (METHODS.md section 5: weight 1, no ramp-up, 200 of 2000 kept)
+    # CPS + UIF: the FLARE22 settings (docs/methods/flare22.md: weight 1, no ramp-up, 200 of 2000 kept)
     cps_weight: float = 1.0
     cps_rampup: float = 0.0
     uif_warmup: float = 0.2
