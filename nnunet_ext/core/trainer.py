@@ -154,10 +154,13 @@ class nnUNetTrainerExt(nnUNetTrainer):
         self.backward_and_step(loss)
         self.register_aux_losses(list(terms))
         # nnU-Net's train_losses stays the segmentation loss (comparable with stock and with val_losses);
-        # each auxiliary term is logged on its own, unweighted
-        out = {"loss": seg_loss.detach().cpu().numpy()}
-        for k, t in terms.items():
-            out[k] = t.value.detach().float().cpu().numpy()
+        # each auxiliary term is logged on its own, unweighted. One device-to-host copy for all of them (one
+        # synchronisation per step, as nnU-Net's own train_step has), in float32 (a term may be half precision).
+        values = torch.stack([v.detach().float().reshape(()) for v in [seg_loss] + [t.value for t in terms.values()]])
+        values = values.cpu().numpy()
+        out = {"loss": np.array(values[0])}  # 0-d arrays, as nnU-Net's train_step returns
+        for i, k in enumerate(terms, start=1):
+            out[k] = np.array(values[i])
         return out
 
     def backward_and_step(self, loss: torch.Tensor) -> None:

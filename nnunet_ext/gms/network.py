@@ -60,6 +60,11 @@ class GMSNetwork(FrozenModelNetwork):
         self.in_channels, self.intensity, self.posterior_p = in_channels, intensity, posterior_p
         lc = vae.latent_channels
         self.mapping = LatentMappingModel(lc, lc * self.num_fg, width)
+        # a head that the loss never uses never gets a gradient: frozen, so that DDP (-num_gpus) does not wait for
+        # its gradient (and AdamW leaves it as initialised, as the authors' optimiser does with a gradient of None)
+        for level, head in zip(LatentMappingModel.LEVELS, self.mapping.heads):
+            if level not in USED_LEVELS:
+                head.requires_grad_(False)
         self.attach_frozen(vae)
         self._vae_checksum = checksum(vae.folder)
 

@@ -33,8 +33,11 @@ import torch.nn.functional as F
 
 
 def sample_points(batch: int, n: int = 11, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random sampling coordinates in [-1, 1], shape (b, n, n, 2)."""
-    return torch.rand(batch, n, n, 2, device=device, generator=generator) * 2 - 1
+    """Random sampling coordinates in [-1, 1], shape (b, n, n, 2); drawn on the generator's device when one is given
+    (a CPU generator cannot draw on CUDA), then moved to ``device``."""
+    if generator is None:
+        return torch.rand(batch, n, n, 2, device=device) * 2 - 1
+    return (torch.rand(batch, n, n, 2, device=generator.device, generator=generator) * 2 - 1).to(device)
 
 
 def sample(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
