@@ -4,6 +4,7 @@ nnUNetv2_train -tr nnUNetTrainerS2S2 / nnUNetTrainerS2S2FD, nnUNetv2_predict); a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,9 @@ def _fold(nnunet_dirs, ds, trainer):
 
 @pytest.fixture(scope="module")
 def gin_stack(dataset2d, nnunet_env, nnunet_dirs):
-    """The GIN stack (K=2) of the synthetic 2D dataset, generated in two parts."""
+    """The GIN stack (K=2) of the synthetic 2D dataset, generated in two parts (from scratch: another module of the
+    session, e.g. the DDP tests, may have generated the same stack already)."""
+    shutil.rmtree(Path(nnunet_dirs["preprocessed"]) / dataset2d["name"] / "nnUNetPlans_2d_s2s2_gin", ignore_errors=True)
     outs = [run_cli("nnunet-ext", ["s2s2-generate", "-d", dataset2d["id"], "-c", "2d", "-k", 2, "--part", p,
                                    "--num-parts", 2, "-q"], nnunet_env) for p in (0, 1)]
     folder = Path(nnunet_dirs["preprocessed"]) / dataset2d["name"] / "nnUNetPlans_2d_s2s2_gin"
