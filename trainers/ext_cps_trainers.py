@@ -1,8 +1,10 @@
-"""Cross pseudo supervision with unlabelled images (nnUNetTrainerCPS), uncertainty image filtering (UIF), variants.
+"""Cross pseudo supervision with unlabelled images (nnUNetTrainerCPS), uncertainty image filtering (UIF), CutMix,
+variants.
 
 Needs ``nnunet-ext preprocess-unlabeled -d D -c CONFIG`` after nnU-Net's planning (see the README).
 """
-from nnunet_ext.cps.trainer import nnUNetTrainerCPS, nnUNetTrainerCPS_UIF
+from nnunet_ext.cps.trainer import (nnUNetTrainerCPS, nnUNetTrainerCPS_UIF, nnUNetTrainerCPS_cutmix,
+                                    nnUNetTrainerCPS_cutmix_UIF)
 
 
 class nnUNetTrainerCPS_rampup(nnUNetTrainerCPS):
@@ -25,5 +27,12 @@ class nnUNetTrainerCPS_UIF_rescore(nnUNetTrainerCPS_UIF):
     uif_rescore_every = 100
 
 
+class nnUNetTrainerCPS_cutmix_box1(nnUNetTrainerCPS_cutmix):
+    """CPS + CutMix with one box per mask (the default has the CPS code's 3): the share of the patch taken from the
+    second image is the box's volume fraction, in 0.25..0.5."""
+    cutmix_boxes = 1
+
+
 __all__ = ["nnUNetTrainerCPS", "nnUNetTrainerCPS_UIF", "nnUNetTrainerCPS_rampup", "nnUNetTrainerCPS_lambda1p5",
-           "nnUNetTrainerCPS_UIF_keep200", "nnUNetTrainerCPS_UIF_rescore"]
+           "nnUNetTrainerCPS_UIF_keep200", "nnUNetTrainerCPS_UIF_rescore", "nnUNetTrainerCPS_cutmix",
+           "nnUNetTrainerCPS_cutmix_UIF", "nnUNetTrainerCPS_cutmix_box1"]

@@ -1,4 +1,5 @@
-"""``nnUNetTrainerCPS`` and ``nnUNetTrainerCPS_UIF``: semi-supervised nnU-Net with unlabelled images.
+"""``nnUNetTrainerCPS``, ``nnUNetTrainerCPS_UIF`` and their CutMix forms: semi-supervised nnU-Net with unlabelled
+images.
 
 Cross pseudo supervision (Chen et al., CVPR 2021), as in docs/methods/cps.md:
 
@@ -23,6 +24,20 @@ UIF (``nnUNetTrainerCPS_UIF``): after ``uif_warmup`` of the epochs every unlabel
 uncertainty of the pair's prediction (``nnunet_ext.cps.uncertainty``) and only the ``uif_keep`` most certain
 are used from then on (re-scored every ``uif_rescore_every`` epochs if > 0). The selection is in the
 checkpoint (``--c`` continues with it) and in ``fold_X/uif/`` (scores, selection.json, histogram PNG).
+
+CutMix (``nnUNetTrainerCPS_cutmix``, ``nnUNetTrainerCPS_cutmix_UIF``): the CPS paper's CutMix setting, as its public
+code runs it (``nnunet_ext.cps.cutmix``). Each iteration draws 2m unlabelled patches (m = ``unlabeled_batch_size``,
+default the labelled batch size B), halves ``U0``, ``U1``, and a box mask ``M`` per pair (volume fraction from
+``cutmix_area`` = [0.25, 0.5], random aspect ratio, inside the patch). The pair predicts ``U0`` and ``U1`` without
+gradient (training mode); each network's logits are mixed with ``M`` and argmaxed: its pseudo-label of the mixed
+image ``U0 * (1 - M) + U1 * M``. Then one forward pass of the pair on ``cat(labelled patches, mixed patches)``:
+Dice+CE of each network on the labelled patches, and lambda * (CE(A on mixed, B's mixed pseudo-label) + CE(B on
+mixed, A's mixed pseudo-label)); the labelled patches get no CPS term (as in the CPS code's CutMix setting). Deep
+supervision: every scale is mixed with the mask resampled to it like nnU-Net resamples labels (nearest). The boxes
+come from a ``torch.Generator`` seeded from ``nnUNet_ext_seed`` (``SeedMixin``) per (epoch, rank) when a seed is
+set. Logged like CPS (``seg_b``, ``cps_a``, ``cps_b``) plus ``cutmix_share`` (mean share of voxels taken from
+``U1``). The CutMix + UIF trainer selects the unlabelled cases like ``nnUNetTrainerCPS_UIF`` and mixes the
+selected ones.
 """
 from __future__ import annotations
 
@@ -30,20 +45,24 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+from torch import autocast
 from torch import distributed as dist
 
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_ext.core.labels import class_argmax
 from nnunet_ext.core.loss_terms import LossTerm
 from nnunet_ext.core.network import unwrap_network
+from nnunet_ext.core.seeding import derive_seed
 from nnunet_ext.core.trainer import nnUNetTrainerExt
+from nnunet_ext.cps.cutmix import box_masks, mask_share, mix, pair_pseudo_labels
 from nnunet_ext.cps.losses import sigmoid_rampup
 from nnunet_ext.cps.network import CPSNetworkPair
-from nnunet_ext.cps.term import CPSTerm, labelled_part
+from nnunet_ext.cps.term import CUTMIX_LABELS, CPSCutMixTerm, CPSTerm, labelled_part
 from nnunet_ext.errors import UserError
 from nnunet_ext.unlabeled.data import UnlabeledDataset, make_unlabeled_augmenter, shard, shut_down, unlabeled_folder
 from nnunet_ext.unlabeled.raw import UNLABELED_DIR
@@ -60,7 +79,8 @@ class nnUNetTrainerCPS(nnUNetTrainerExt):
     cps_weight: float = 1.0
     #: fraction of the epochs over which lambda ramps up (sigmoid); 0: no ramp-up (as published)
     cps_rampup: float = 0.0
-    #: unlabelled patches per iteration (None: the labelled batch size)
+    #: unlabelled patches per iteration (None: the labelled batch size); with CutMix: mixed patches per iteration
+    #: (the loader draws twice as many, U0 and U1)
     unlabeled_batch_size: Optional[int] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -300,3 +320,61 @@ class nnUNetTrainerCPS_UIF(nnUNetTrainerCPS):
     def restore_checkpoint_extras(self, state: dict) -> None:
         self.uif_selection = state.get("uif_selection")
         self.uif_scored_epoch = state.get("uif_scored_epoch")
+
+
+class nnUNetTrainerCPS_cutmix(nnUNetTrainerCPS):
+    """CPS with CutMix on the unlabelled patches (the CPS paper's CutMix setting), lambda = 1.0, no ramp-up."""
+
+    #: range of the box's volume fraction, drawn uniformly (CPS code: (0.25, 0.5))
+    cutmix_area: tuple = (0.25, 0.5)
+    #: boxes per mask, each of volume fraction area / boxes, exclusive-or'ed (the CPS code's VOC and Cityscapes
+    #: CutMix configurations: 3; ``nnUNetTrainerCPS_cutmix_box1``: one box, the mask's share stays in ``cutmix_area``)
+    cutmix_boxes: int = 3
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cutmix_generator = torch.Generator()  # CPU; seeded in get_dataloaders
+
+    def _unlabeled_batch_size(self) -> int:
+        return 2 * super()._unlabeled_batch_size()  # U0 and U1
+
+    def build_loss_terms(self) -> List[LossTerm]:
+        ds_weights = getattr(self.loss, "weight_factors", None) if self.enable_deep_supervision else None
+        return [CPSCutMixTerm(self.loss, self.cps_weight, ds_weights)]
+
+    def cutmix_seed(self) -> int:
+        """From ``nnUNet_ext_seed`` (SeedMixin's ``ext_seed``), per epoch and rank; else a draw from torch's global
+        generator (reproducible under ``torch.manual_seed``)."""
+        seed = getattr(self, "ext_seed", None)
+        if seed is not None:
+            return derive_seed(seed, "cutmix", int(self.current_epoch), dist.get_rank() if self.is_ddp else 0)
+        return int(torch.randint(0, 2 ** 62, (1,)).item())
+
+    def get_dataloaders(self):
+        loaders = super().get_dataloaders()
+        self.cutmix_generator.manual_seed(self.cutmix_seed())
+        lo, hi = self.cutmix_area
+        self.print_to_log_file(f"CPS CutMix: U0 and U1 of {self._unlabeled_batch_size() // 2} patch(es) each, "
+                               f"{self.cutmix_boxes} box(es) per mask, volume fraction from [{lo}, {hi}]")
+        return loaders
+
+    def train_step(self, batch: dict) -> dict:
+        data, target = self.batch_to_device(batch)
+        unlabeled = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+        if unlabeled.shape[0] % 2:
+            raise RuntimeError(f"CPS CutMix needs an even number of unlabelled patches, got {unlabeled.shape[0]}")
+        u0, u1 = unlabeled.chunk(2)
+        mask = box_masks(u0.shape[0], u0.shape[2:], self.cutmix_area, self.cutmix_boxes, self.cutmix_generator,
+                         self.device)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            labels = pair_pseudo_labels(self.network, u0, u1, mask)
+        out = self.step_with_terms(torch.cat((data, mix(u0, u1, mask))), target, extras={CUTMIX_LABELS: labels})
+        self.register_aux_losses(["cutmix_share"])
+        out["cutmix_share"] = np.array(mask_share(mask))
+        return out
+
+
+class nnUNetTrainerCPS_cutmix_UIF(nnUNetTrainerCPS_cutmix, nnUNetTrainerCPS_UIF):
+    """CPS + CutMix + UIF: the unlabelled cases are selected like ``nnUNetTrainerCPS_UIF``'s (after 20% of the
+    epochs, the 10% most certain), then mixed with CutMix."""
