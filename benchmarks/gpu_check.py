@@ -9,7 +9,8 @@ plans them with nnU-Net (``nnUNetv2_plan_and_preprocess``, ``nnunet-ext plan-gms
 and then runs two parts.
 
 **smoke**: every trainer on the device for a few epochs x a few iterations with nnU-Net's own AMP (autocast and
-GradScaler on CUDA): stock ``nnUNetTrainer``, FD and FD_allBlocks, CPS, CPS_UIF, S2S2 (GIN stack), S2S2FD, GMS
+GradScaler on CUDA): stock ``nnUNetTrainer``, FD and FD_allBlocks, CPS, CPS_UIF, CPS_cutmix, S2S2 (GIN stack),
+S2S2FD, GMS
 (TAESD from ``../shared/weights/taesd`` or ``.whl/taesd`` when present, else a tiny ``AutoencoderTiny`` the script
 builds, saves and loads through ``nnunet_ext.core.vae``), STEGO (a tiny ViT saved the way tests/test_stego.py does)
 with ``stego-crf`` on its probabilities, FLARE22 (CPS + UIF + FD + S2S2 on 3D), coarse-to-fine (``plan-c2f``, the
@@ -1111,6 +1112,8 @@ def trainer_module(st: Settings) -> str:
         ("nnUNetTrainerFD_allBlocks_gc", "nnUNetTrainerFD_allBlocks", s2, {}),
         ("nnUNetTrainerCPS_gc", "nnUNetTrainerCPS", s3, {"unlabeled_batch_size": 1 if st.quick else None}),
         ("nnUNetTrainerCPS_UIF_gc", "nnUNetTrainerCPS_UIF", s3, uif),
+        ("nnUNetTrainerCPS_cutmix_gc", "nnUNetTrainerCPS_cutmix", s3,
+         {"unlabeled_batch_size": 1 if st.quick else None}),
         ("nnUNetTrainerS2S2_gc", "nnUNetTrainerS2S2", s2, {"s2s2_generator": "gin"}),
         ("nnUNetTrainerS2S2FD_gc", "nnUNetTrainerS2S2FD", s2, {"s2s2_generator": "gin"}),
         ("nnUNetTrainerGMS_gc", "nnUNetTrainerGMS", dict(s2, initial_lr=st.gms_lr), {"gms_warmup_epochs": 0}),
@@ -1172,6 +1175,7 @@ def build_items(st: Settings, device: str) -> List[Item]:
         Item("fd_allBlocks", "smoke", smoke_trainer("d2", "2d", "nnUNetTrainerFD_allBlocks_gc"), ["data_2d"], t),
         Item("cps", "smoke", smoke_trainer("d3", "3d_fullres", "nnUNetTrainerCPS_gc"), ["data_3d"], t),
         Item("cps_uif", "smoke", smoke_trainer("d3", "3d_fullres", "nnUNetTrainerCPS_UIF_gc"), ["data_3d"], t),
+        Item("cps_cutmix", "smoke", smoke_trainer("d3", "3d_fullres", "nnUNetTrainerCPS_cutmix_gc"), ["data_3d"], t),
         Item("s2s2", "smoke", smoke_trainer("d2", "2d", "nnUNetTrainerS2S2_gc"), ["data_2d"], t),
         Item("s2s2fd", "smoke", smoke_trainer("d2", "2d", "nnUNetTrainerS2S2FD_gc"), ["data_2d"], t),
         Item("gms", "smoke", smoke_trainer("d2", "gms_2d", "nnUNetTrainerGMS_gc", _vae_env), ["data_2d"], t),

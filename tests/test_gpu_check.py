@@ -13,7 +13,8 @@ import time
 
 from conftest import REPO, THREADS_ENV
 
-SMOKE = {"stock", "fd", "fd_allBlocks", "cps", "cps_uif", "s2s2", "s2s2fd", "gms", "stego", "flare22", "c2f",
+SMOKE = {"stock", "fd", "fd_allBlocks", "cps", "cps_uif", "cps_cutmix", "s2s2",
+         "s2s2fd", "gms", "stego", "flare22", "c2f",
          "s2s2_tune_generate"}
 MEASURE = {"steps_hippocampus", "steps_default_plans", "gms_step", "generator", "c2f_inference"}
 
