@@ -7,7 +7,7 @@ so processes that list the same cases agree on their parts.
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from typing import Dict, Iterable, List
 
 
 def shard(cases: Iterable[str], part: int, num_parts: int) -> List[str]:
@@ -16,3 +16,18 @@ def shard(cases: Iterable[str], part: int, num_parts: int) -> List[str]:
     if not 0 <= part < num_parts:
         raise ValueError(f"part {part} is not in 0..{num_parts - 1}")
     return sorted(cases)[part::num_parts]
+
+
+def check_part(part: int, num_parts: int) -> None:
+    """``ValueError`` (one line, in the command line's terms) unless ``num_parts >= 1`` and
+    ``0 <= part < num_parts``."""
+    if num_parts < 1:
+        raise ValueError(f"--num-parts {num_parts}: at least 1")
+    if not 0 <= part < num_parts:
+        raise ValueError(f"--part {part}: not in 0..{num_parts - 1} (parts are counted from 0, as nnUNetv2_predict's "
+                         f"-part_id)")
+
+
+def part_of(cases: Iterable[str], num_parts: int) -> Dict[str, int]:
+    """``{case: the part (0-based) that handles it}`` under :func:`shard`."""
+    return {c: i % num_parts for i, c in enumerate(sorted(cases))}

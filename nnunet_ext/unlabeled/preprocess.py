@@ -14,6 +14,10 @@ cases. Results go to ``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabel
 * Bad input is named and skipped, never used: a file that does not follow the naming, a case with missing or
   extra channels, an unreadable file, a channel count or geometry the reader rejects. The list goes to
   ``skipped.json`` in the output folder and to the terminal.
+* Parts (``--num-parts N --part I``, as ``nnUNetv2_predict -num_parts/-part_id``): each process preprocesses its
+  share (:func:`nnunet_ext.core.sharding.shard`) into the same folder, at the same time or not; a skipped case is
+  recorded in a file of its own (``.skipped/CASE.json``) and ``skipped.json`` is rewritten from all of them under a
+  lock, so it lists every part's skipped cases. A re-run of a part does only what it has not done.
 """
 from __future__ import annotations
 
@@ -88,20 +92,33 @@ def _preprocess_one(task: Tuple[str, List[str]]) -> Tuple[str, Optional[str]]:
     return case, None
 
 
+SKIPPED_DIR = ".skipped"
+
+
 def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNetPlans",
                          num_processes: int = 4, progress: bool = True, roi_masks: Optional[str] = None,
-                         roi_crops: Sequence[ROICrop] = ()) -> Dict[str, dict]:
+                         roi_crops: Sequence[ROICrop] = (), num_parts: int = 1, part: int = 0) -> Dict[str, dict]:
     """Preprocess ``imagesUnlabeled`` for each configuration; returns ``{configuration: summary}``.
 
     ``roi_crops``: the crops of methods whose configurations are cropped to a region of interest
     (:mod:`nnunet_ext.unlabeled.roi`; ``nnunet-ext preprocess-unlabeled`` passes the registered ones, e.g.
     coarse-to-fine's ``3d_fine``). ``roi_masks``: folder of one mask per case, required by (and only used for) such
-    a configuration."""
+    a configuration. ``num_parts``, ``part``: this process does only its share of the cases
+    (:func:`nnunet_ext.core.sharding.shard`); parts may run at the same time, into the same folder.
+
+    Skipped cases: each part writes one small file per skipped case (``.skipped/CASE.json``, removed when the case
+    is done later) and then, under an exclusive lock file, ``skipped.json`` = the misnamed files + every part's
+    skipped cases: the last part to write it has everyone's, so concurrent parts lose none."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from tqdm import tqdm
 
+    from nnunet_ext.core.sharding import check_part, shard
     from nnunet_ext.paths import nnunet_folder, resolve_dataset_name
 
+    try:
+        check_part(part, num_parts)
+    except ValueError as e:
+        raise UnlabeledDataError(str(e)) from None
     name = resolve_dataset_name(dataset, UnlabeledDataError)
     raw_dir = nnunet_folder("nnUNet_raw", UnlabeledDataError) / name
     pre_dir = nnunet_folder("nnUNet_preprocessed", UnlabeledDataError) / name
@@ -113,6 +130,8 @@ def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNe
     cases, problems = unlabeled_cases(raw_dir, dataset_json)
     if not cases and not problems:
         raise UnlabeledDataError(f"{raw_dir / UNLABELED_DIR} has no images ending in {dataset_json['file_ending']}")
+    mine = shard(cases, part, num_parts)
+    tag = f" part {part} of {num_parts}" if num_parts > 1 else ""
     summaries = {}
     for configuration in configurations:
         pm, cm = _load_plans(pre_dir, plans, configuration)
@@ -123,42 +142,70 @@ def preprocess_unlabeled(dataset, configurations: List[str], plans: str = "nnUNe
         if roi_masks and not os.path.isdir(roi_masks):
             raise UnlabeledDataError(f"--roi-masks {roi_masks} is not a folder")
         out = unlabeled_folder(pre_dir, cm.data_identifier)
-        out.mkdir(parents=True, exist_ok=True)
-        skipped_file = out / "skipped.json"
-        skipped: Dict[str, str] = dict(problems)
-        todo = [(c, f) for c, f in sorted(cases.items()) if not (out / f"{c}.pkl").is_file()]
-        done_before = len(cases) - len(todo)
-        print(f"{name} {configuration}: {len(cases)} unlabelled case(s), {done_before} already preprocessed, "
+        (out / SKIPPED_DIR).mkdir(parents=True, exist_ok=True)
+        todo = [(c, cases[c]) for c in mine if not (out / f"{c}.pkl").is_file()]
+        done_before = len(mine) - len(todo)
+        print(f"{name} {configuration}{tag}: {len(mine)} unlabelled case(s)"
+              f"{f' (of {len(cases)})' if num_parts > 1 else ''}, {done_before} already preprocessed, "
               f"{len(todo)} to do -> {out}")
         init = (pm.plans, configuration, dataset_json, str(out), roi_masks,
                 None if crop is None else crop.preprocessor())
-        bar = tqdm(total=len(todo), desc=f"preprocess-unlabeled {configuration}", unit="case", disable=not progress,
-                   file=sys.stderr)
+        bar = tqdm(total=len(todo), desc=f"preprocess-unlabeled {configuration}{tag}", unit="case",
+                   disable=not progress, file=sys.stderr)
         try:
             if num_processes <= 1 or len(todo) <= 1:
                 _init_worker(*init)
                 results = map(_preprocess_one, todo)
                 for case, problem in results:
-                    _record(case, problem, skipped, bar)
+                    _record(out, case, problem, bar)
             else:
                 ctx = multiprocessing.get_context("spawn")
                 with ctx.Pool(min(num_processes, len(todo)), initializer=_init_worker, initargs=init) as pool:
                     for case, problem in pool.imap_unordered(_preprocess_one, todo):
-                        _record(case, problem, skipped, bar)
+                        _record(out, case, problem, bar)
         finally:
             bar.close()
-            write_json_atomic(skipped_file, dict(sorted(skipped.items())))
-        n_ok = sum(1 for c in cases if (out / f"{c}.pkl").is_file())
-        for case, why in sorted(skipped.items()):
+            skipped = _write_skipped(out, cases, problems)
+        mine_skipped = {c: skipped[c] for c in mine if c in skipped}
+        for case, why in sorted({**problems, **mine_skipped}.items()):
             print(f"  skipped {case}: {why}", file=sys.stderr)
-        print(f"{name} {configuration}: {n_ok} unlabelled case(s) ready, {len(skipped)} skipped"
-              + (f" (listed in {skipped_file})" if skipped else ""))
+        n_ok = sum(1 for c in cases if (out / f"{c}.pkl").is_file())
+        if num_parts > 1:
+            n_mine = sum(1 for c in mine if (out / f"{c}.pkl").is_file())
+            print(f"{name} {configuration}{tag}: {n_mine} of its {len(mine)} case(s) ready, {len(mine_skipped)} "
+                  f"skipped; all parts: {n_ok} of {len(cases)} unlabelled case(s) ready, {len(skipped)} skipped"
+                  + (f" (listed in {out / 'skipped.json'})" if skipped else ""))
+        else:
+            print(f"{name} {configuration}: {n_ok} unlabelled case(s) ready, {len(skipped)} skipped"
+                  + (f" (listed in {out / 'skipped.json'})" if skipped else ""))
         summaries[configuration] = {"folder": str(out), "ready": n_ok, "skipped": skipped}
     return summaries
 
 
-def _record(case: str, problem: Optional[str], skipped: Dict[str, str], bar) -> None:
+def _record(out: Path, case: str, problem: Optional[str], bar) -> None:
+    """A finished case: why it was skipped in ``.skipped/CASE.json``, or that file removed (done now)."""
+    marker = out / SKIPPED_DIR / f"{case}.json"
     if problem is not None:
-        skipped[case] = problem
-        bar.write(f"skipped {case}: {problem}")
+        write_json_atomic(marker, {"case": case, "skipped": problem})
+        bar.write(f"skipped {case}: {problem}", file=sys.stderr)
+    elif marker.exists():
+        marker.unlink(missing_ok=True)
     bar.update()
+
+
+def _write_skipped(out: Path, cases: Dict[str, List[str]], problems: Dict[str, str]) -> Dict[str, str]:
+    """``skipped.json`` (and its dict): the misnamed files and every case not done whose ``.skipped`` file says why,
+    written under ``.skipped.lock`` so that the parts' writes do not interleave."""
+    import json
+
+    from nnunet_ext.core.parts import ExclusiveLock
+
+    with ExclusiveLock(out / ".skipped.lock").wait(600, UnlabeledDataError):
+        skipped = dict(problems)
+        for c in cases:
+            marker = out / SKIPPED_DIR / f"{c}.json"
+            if marker.is_file() and not (out / f"{c}.pkl").is_file():
+                skipped[c] = json.loads(marker.read_text())["skipped"]
+        skipped = dict(sorted(skipped.items()))
+        write_json_atomic(out / "skipped.json", skipped)
+    return skipped
