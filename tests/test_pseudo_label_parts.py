@@ -242,3 +242,32 @@ def test_bad_part_options_are_one_line(args, message, capsys):
     rc = main(["pseudo-label", "-d", "987", "-c", "3d_fullres", "--target-id", "988", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_next_round_from_a_pseudo_labelled_dataset_starts_from_the_labelled_cases(pl_model, nnunet_dirs):
+    """Round 2 of the documented loop (``-d`` = round 1's dataset): its labelsTr holds round 1's kept pseudo-labels,
+    which are not labels: the new dataset has the 4 labelled cases + this round's kept ones (no name clash, no
+    round-1 pseudo-label carried over as a label, no image of a dropped case)."""
+    env, raw, results = pl_model["env"], Path(nnunet_dirs["raw"]), Path(nnunet_dirs["results"])
+    run_cli("nnunet-ext", _args(545, "-npp", 0, "-nps", 0), env)
+    round1 = raw / "Dataset545_PLPartsPL"
+    kept1 = sorted(c for c, r in json.loads((round1 / "pseudo_labels.json").read_text())["cases"].items()
+                   if r["kept"])
+    assert len(kept1) == 4
+    model = results / round1.name / pl_model["model"].name  # "round 1's model" (the same weights here)
+    shutil.copytree(pl_model["model"], model, ignore=shutil.ignore_patterns("pseudo_labels"))
+    run_cli("nnunet-ext", ["pseudo-label", "-d", 545, "-c", "3d_fullres", "--target-id", 546, "--disable-tta",
+                           "-device", "cpu", "--keep", "0.5", "-q", "-npp", 0, "-nps", 0, "--previous", 545,
+                           "--min-stability", 0.0], env)
+    round2 = raw / "Dataset546_PLPartsPLPL"
+    record = json.loads((round2 / "pseudo_labels.json").read_text())
+    kept2 = sorted(c for c, r in record["cases"].items() if r["kept"])
+    labelled = sorted(p.name[:-len(".nii.gz")] for p in (raw / NAME / "labelsTr").glob("*.nii.gz"))
+    assert record["labelled"] == len(labelled) == 4 and kept2 and set(kept2) <= set(UNLABELLED)
+    assert all(r.get("stability") is not None for r in record["cases"].values() if "uncertainty" in r)
+    assert sorted(p.name[:-len(".nii.gz")] for p in (round2 / "labelsTr").glob("*.nii.gz")) == sorted(labelled + kept2)
+    images = sorted(p.name[:-len("_0000.nii.gz")] for p in (round2 / "imagesTr").glob("*.nii.gz"))
+    assert images == sorted(labelled + kept2)
+    for c in set(kept1) & set(kept2):  # this round's pseudo-label, not round 1's file
+        cache = model / "pseudo_labels" / "fold0_checkpoint_final_noTTA"
+        assert (round2 / "labelsTr" / f"{c}.nii.gz").read_bytes() == (cache / f"{c}.nii.gz").read_bytes()

@@ -723,6 +723,17 @@ def run_pseudo_label(s: PseudoLabelSettings) -> Optional[Path]:
     return out
 
 
+def labelled_cases(src: Path, fe: str) -> List[str]:
+    """The cases of ``src/labelsTr`` that carry real labels: all of them, less the pseudo-labelled cases a
+    ``pseudo-label`` run put there (its ``pseudo_labels.json``) when ``src`` is a previous round's dataset. A new
+    round starts again from the labelled cases, so an earlier round's pseudo-labels are never taken for labels."""
+    record = src / "pseudo_labels.json"
+    pseudo = set()
+    if record.is_file():
+        pseudo = {c for c, r in json.loads(record.read_text()).get("cases", {}).items() if r.get("kept")}
+    return sorted(c for c in (p.name[:-len(fe)] for p in (src / "labelsTr").glob(f"*{fe}")) if c not in pseudo)
+
+
 def write_dataset(s: PseudoLabelSettings, name: str, src: Path, dataset_json: dict, cases: Dict[str, List[str]],
                   records: Dict[str, dict], cache: Path, model_folder: Path, target_name: str,
                   previous: Optional[Dict[str, Path]], settings: dict, timing: dict) -> Path:
@@ -747,7 +758,7 @@ def write_dataset(s: PseudoLabelSettings, name: str, src: Path, dataset_json: di
                   file=sys.stderr)
     kept = choose(records, s.keep, s.max_uncertainty, s.min_stability)
 
-    labelled = sorted(p.name[:-len(fe)] for p in (src / "labelsTr").glob(f"*{fe}"))
+    labelled = labelled_cases(src, fe)
     clash = sorted(set(labelled) & set(kept))
     if clash:
         raise PseudoLabelError(f"unlabelled case names also used for labelled cases: {', '.join(clash[:5])}; rename "
@@ -758,10 +769,12 @@ def write_dataset(s: PseudoLabelSettings, name: str, src: Path, dataset_json: di
     try:
         for sub in ("imagesTr", "labelsTr"):
             (staging / sub).mkdir(parents=True)
+        labelled_set = set(labelled)
         for f in sorted((src / "imagesTr").glob(f"*{fe}")):
-            link_or_copy(f, staging / "imagesTr" / f.name)
-        for f in sorted((src / "labelsTr").glob(f"*{fe}")):
-            link_or_copy(f, staging / "labelsTr" / f.name)
+            if f.name[:-len(fe)].rsplit("_", 1)[0] in labelled_set:
+                link_or_copy(f, staging / "imagesTr" / f.name)
+        for c in labelled:
+            link_or_copy(src / "labelsTr" / f"{c}{fe}", staging / "labelsTr" / f"{c}{fe}")
         for c in kept:
             for img in cases[c]:
                 link_or_copy(img, staging / "imagesTr" / Path(img).name)
