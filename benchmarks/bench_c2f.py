@@ -23,15 +23,33 @@ Steps, all resumable (re-run the same command):
    process tree from ``wait4``, the largest single process):
    ``nnUNetv2_predict -c 3d_fullres`` with nnU-Net's defaults (mirroring, step 0.5), the same with
    ``--disable_tta`` (to show how much of the gain is only mirroring), and ``nnunet-ext predict-c2f`` with its
-   defaults (no mirroring, step 0.75; its per-case CSV gives read / coarse / fine / write and the network share);
+   defaults (no mirroring, step 0.75, the softmax ROI; its per-case CSV gives read / coarse / fine / write, the
+   network share, the ROI's share of the volume and the classes the coarse model missed) and with
+   ``--roi-mode argmax`` (the ROI rule before issue 27); ``--skip-stock-tta`` leaves out the slow first one;
 4. ``nnunet-ext evaluate`` (Dice, NSD at 1 mm) of each against the reference; paired per-case differences
    (predict-c2f - stock, mean over organs per case, seeds averaged) with 95% bootstrap intervals.
+
+Weakened coarse models (issue 27), each predicted with both ROI rules, the fine model unchanged: what the softmax
+ROI and the missing-organ check save when the coarse model misses organs (the report has Dice per organ and how many
+cases were widened or fell back to the whole volume):
+
+* ``--weak-coarse-epochs N``: a second coarse model trained ``N`` epochs (``nnUNetTrainer_c2fBenchWeakCoarse``;
+  tools ``c2f_weak``, ``c2f_weak_argmax``); what a short budget does to a coarse model is up to the training;
+* ``--drop-coarse-class L``: the trained coarse model with the output of class ``L`` removed (weights 0, bias
+  -1000: never in its argmax, probability 0; no training), so it misses that organ in every case (tools
+  ``c2f_drop``, ``c2f_drop_argmax``).
 
 Goal (issue #12): at least 5x faster than stock with Dice within 1 point, at least 70% of the wall time in the
 networks. Results: ``benchmarks/results/c2f_<data>_<date>.{md,json}``.
 
     python benchmarks/bench_c2f.py --workdir /work/bench/c2f --gpu-memory-target 0.1 --epochs 10 --seeds 0 -device cpu
     python benchmarks/bench_c2f.py ... --repredict      # time the inference again (a quieter machine), same models
+    python benchmarks/bench_c2f.py --workdir /tmp/c2f_smoke --results /tmp/c2f_smoke/results --shape 24 64 64 \\
+        --train 5 --test 2 --coarse-size 24 --epochs 2 --iterations 5 --weak-coarse-epochs 1 --drop-coarse-class 2 \\
+        -device cpu  # smoke
+
+Predictions are kept per tool (``WORKDIR/pred_seed<S>_<tool>.json``); a tool whose record comes from an older
+version of the tool (``TOOL_VERSION``) is predicted again on the next run, the others are reused.
 
 Timing: wall and CPU time (user + system of the tool's process tree) per case are both reported; on a shared
 machine the wall-time ratio depends on the other load at each moment, the CPU-time ratio much less.
@@ -59,8 +77,20 @@ from nnunet_ext.paths import console_script, ext_trainer_env
 DATASETS = {"synthetic": 611, "la2018": 612}
 PLANS = "nnUNetPlans_small"
 TRAINER = "nnUNetTrainer_c2fBench"
+WEAK_TRAINER = "nnUNetTrainer_c2fBenchWeakCoarse"
 CONFIGS = ("3d_fullres", "3d_coarse", "3d_fine")
-SCHEDULE = {"num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5, "save_every": 1}
+SCHEDULE = {"num_val_iterations_per_epoch": 5, "save_every": 1}
+#: a tool's prediction record is reused only when it was made by this version (2: predict-c2f's ROI of issue 27)
+TOOL_VERSION = {"stock": 1, "stock_noTTA": 1, "c2f": 2, "c2f_argmax": 2, "c2f_weak": 2, "c2f_weak_argmax": 2,
+                "c2f_drop": 2, "c2f_drop_argmax": 2}
+TOOL_NAMES = {"stock": "nnUNetv2_predict -c 3d_fullres (defaults: mirroring, step 0.5)",
+              "stock_noTTA": "nnUNetv2_predict -c 3d_fullres --disable_tta",
+              "c2f": "nnunet-ext predict-c2f (defaults: softmax ROI)",
+              "c2f_argmax": "nnunet-ext predict-c2f --roi-mode argmax (the ROI before)",
+              "c2f_weak": "predict-c2f, weakened coarse model, softmax ROI",
+              "c2f_weak_argmax": "predict-c2f, weakened coarse model, --roi-mode argmax",
+              "c2f_drop": "predict-c2f, coarse model without one class, softmax ROI",
+              "c2f_drop_argmax": "predict-c2f, coarse model without one class, --roi-mode argmax"}
 
 
 def parse_args(argv=None):
@@ -74,7 +104,15 @@ def parse_args(argv=None):
     p.add_argument("--test", type=int, default=8, help="synthetic test cases")
     p.add_argument("--gpu-memory-target", type=float, default=0.25, help="planner memory target (GB), both plans")
     p.add_argument("--coarse-size", type=int, default=48, help="plan-c2f --coarse-size (FLARE: 160 for 512^2 CT)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of 50 iterations per model")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per model")
+    p.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
+    p.add_argument("--weak-coarse-epochs", type=int, default=0,
+                   help="also train a weakened coarse model for this many epochs and predict with it (0: no)")
+    p.add_argument("--drop-coarse-class", type=int, default=0, metavar="L",
+                   help="also predict with the trained coarse model's output for class L removed (0: no)")
+    p.add_argument("--skip-stock-tta", action="store_true",
+                   help="leave out nnUNetv2_predict with mirroring (the slowest tool; the speed-up is then against "
+                        "stock without mirroring)")
     p.add_argument("--seeds", default="0")
     p.add_argument("-device", default="cpu")
     p.add_argument("--repredict", action="store_true",
@@ -102,6 +140,7 @@ def prepare(args, workdir: Path) -> tuple:
     n_train = json.loads((raw / name / "dataset.json").read_text())["numTraining"]
     done = all(c in plans["configurations"] and len(list((pre / f"{PLANS}_{c}").glob("*.pkl"))) == n_train
                for c in ("3d_coarse", "3d_fine"))
+    done = done and "always_present_classes" in plans["configurations"]["3d_fine"].get("nnunet_ext", {})
     if not done:
         run([console_script("nnunet-ext"), "plan-c2f", "-d", did, "-p", PLANS, "-gpu_memory_target",
              args.gpu_memory_target, "--coarse-size", args.coarse_size, "-np", 2])
@@ -116,19 +155,58 @@ def train(args, workdir: Path, did: int, seed: int) -> None:
     from nnunet_ext.core.seeding import SeedMixin
 
     tdir = workdir / "trainers"
-    src = variant_source(nnUNetTrainer, TRAINER, {"num_epochs": args.epochs, **SCHEDULE},
+    schedule = {"num_iterations_per_epoch": args.iterations, **SCHEDULE}
+    src = variant_source(nnUNetTrainer, TRAINER, {"num_epochs": args.epochs, **schedule},
                          mixins=(BenchMixin, ScheduleMixin, SeedMixin), generated_by="benchmarks/bench_c2f.py",
                          doc="Stock nnU-Net with the benchmark's budget and seed.")
     write_variant_module(tdir / "c2f_bench_trainers.py", src)
+    runs = [(TRAINER, c) for c in CONFIGS]
+    if args.weak_coarse_epochs:
+        src = variant_source(nnUNetTrainer, WEAK_TRAINER, {"num_epochs": args.weak_coarse_epochs, **schedule},
+                             mixins=(BenchMixin, ScheduleMixin, SeedMixin), generated_by="benchmarks/bench_c2f.py",
+                             doc="Stock nnU-Net with a shorter budget: a weakened coarse model (issue 27).")
+        write_variant_module(tdir / "c2f_bench_weak_trainers.py", src)
+        runs.append((WEAK_TRAINER, "3d_coarse"))
     env = dict(ext_trainer_env([tdir]), nnUNet_results=str(workdir / f"results_seed{seed}"), nnUNet_ext_seed=str(seed))
-    for c in CONFIGS:
-        fold = Path(env["nnUNet_results"]) / dataset_folder(did).name / f"{TRAINER}__{PLANS}__{c}" / "fold_0"
+    for tr, c in runs:
+        fold = Path(env["nnUNet_results"]) / dataset_folder(did).name / f"{tr}__{PLANS}__{c}" / "fold_0"
         if (fold / "checkpoint_final.pth").is_file():
             continue
-        cmd = [console_script("nnUNetv2_train"), did, c, 0, "-tr", TRAINER, "-p", PLANS, "-device", args.device]
+        cmd = [console_script("nnUNetv2_train"), did, c, 0, "-tr", tr, "-p", PLANS, "-device", args.device]
         if (fold / "checkpoint_latest.pth").is_file():
             cmd.append("--c")
         run(cmd, env)
+    if args.drop_coarse_class:
+        drop_class(Path(env["nnUNet_results"]) / dataset_folder(did).name, args.drop_coarse_class)
+
+
+def drop_trainer(label: int) -> str:
+    return f"{TRAINER}Drop{label}"
+
+
+def drop_class(results: Path, label: int) -> None:
+    """The trained coarse model copied as ``drop_trainer(label)`` with class ``label``'s output removed (weights 0,
+    bias -1000 in every output layer): it never predicts that class."""
+    import shutil
+
+    import torch
+
+    folder = results / f"{drop_trainer(label)}__{PLANS}__3d_coarse"
+    if folder.is_dir():
+        return
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(results / f"{TRAINER}__{PLANS}__3d_coarse", tmp)
+    ckpt_file = tmp / "fold_0" / "checkpoint_final.pth"
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    heads = [k for k in ckpt["network_weights"] if k.startswith("decoder.seg_layers.")]
+    if not heads or not 0 < label < ckpt["network_weights"][heads[-1]].shape[0]:
+        sys.exit(f"--drop-coarse-class {label}: not a class of the coarse model")
+    for k in heads:
+        w = ckpt["network_weights"][k]
+        w[label] = -1000.0 if k.endswith("bias") else 0.0
+    torch.save(ckpt, ckpt_file)
+    tmp.rename(folder)
 
 
 def timed(cmd, env) -> dict:
@@ -150,22 +228,36 @@ def predict_and_evaluate(args, workdir: Path, did: int, name: str, seed: int) ->
     results = workdir / f"results_seed{seed}"
     env = dict(ext_trainer_env([workdir / "trainers"]), nnUNet_results=str(results))
     out = {}
+    c2f = [console_script("nnunet-ext"), "predict-c2f", "-i", images, "-d", did, "-p", PLANS, "-tr", TRAINER,
+           "-f", 0, "-device", args.device]
     tools = {
         "stock": [console_script("nnUNetv2_predict"), "-i", images, "-d", did, "-c", "3d_fullres", "-p", PLANS,
                   "-tr", TRAINER, "-f", 0, "-device", args.device],
         "stock_noTTA": [console_script("nnUNetv2_predict"), "-i", images, "-d", did, "-c", "3d_fullres", "-p",
                         PLANS, "-tr", TRAINER, "-f", 0, "-device", args.device, "--disable_tta"],
-        "c2f": [console_script("nnunet-ext"), "predict-c2f", "-i", images, "-d", did, "-p", PLANS, "-tr", TRAINER,
-                "-f", 0, "-device", args.device],
+        "c2f": c2f,
+        "c2f_argmax": c2f + ["--roi-mode", "argmax"],
     }
+    if args.skip_stock_tta:
+        del tools["stock"]
+    if args.weak_coarse_epochs:
+        tools["c2f_weak"] = c2f + ["-tr_coarse", WEAK_TRAINER]
+        tools["c2f_weak_argmax"] = c2f + ["-tr_coarse", WEAK_TRAINER, "--roi-mode", "argmax"]
+    if args.drop_coarse_class:
+        tools["c2f_drop"] = c2f + ["-tr_coarse", drop_trainer(args.drop_coarse_class)]
+        tools["c2f_drop_argmax"] = tools["c2f_drop"] + ["--roi-mode", "argmax"]
     for tool, cmd in tools.items():
         pred = workdir / f"pred_seed{seed}_{tool}"
         meta = pred.with_name(pred.name + ".json")
         if args.repredict and meta.is_file():
             meta.unlink()
         if meta.is_file():
-            out[tool] = json.loads(meta.read_text())
-            continue
+            rec = json.loads(meta.read_text())
+            if rec.get("tool_version", 1) == TOOL_VERSION[tool]:
+                out[tool] = rec
+                continue
+            print(f"{tool}: predicted by an older version of the tool, predicting again", flush=True)
+            meta.unlink()
         if pred.exists():
             import shutil
             shutil.rmtree(pred)  # an interrupted run: its timing would be wrong, predict again
@@ -174,13 +266,19 @@ def predict_and_evaluate(args, workdir: Path, did: int, name: str, seed: int) ->
             sys.exit(f"{tool} failed ({r['returncode']}); re-run to continue")
         r["per_case_s"] = r["wall_s"] / n
         r["cpu_per_case_s"] = r["cpu_s"] / n
-        if tool == "c2f":
+        r["tool_version"] = TOOL_VERSION[tool]
+        if tool.startswith("c2f"):
             rows = list(csv.DictReader(open(pred / "predict_c2f_cases.csv")))
             r["cases"] = {row["case"]: {k: row[k] for k in ("read_s", "coarse_s", "fine_s", "write_s", "total_s",
-                                                            "network_s", "peak_ram_mb", "roi")} for row in rows}
+                                                            "network_s", "peak_ram_mb", "roi", "roi_mode",
+                                                            "roi_margin_mm", "roi_fraction", "missing_classes",
+                                                            "fallback")} for row in rows}
             r["network_share"] = float(np.sum([float(x["network_s"]) for x in rows]) /
                                        np.sum([float(x["total_s"]) for x in rows]))
             r["case_mean_s"] = float(np.mean([float(x["total_s"]) for x in rows]))
+            r["roi_fraction"] = float(np.mean([float(x["roi_fraction"]) for x in rows]))
+            r["cases_whole_volume"] = sum(1 for x in rows if not x["roi"])
+            r["cases_missing_class"] = sum(1 for x in rows if x["missing_classes"])
         run([console_script("nnunet-ext"), "evaluate", "-gt", labels, "-pred", pred, "-d", did,
              "-o", pred.with_name(pred.name + "_eval")])
         r["per_case"] = per_case_metrics(pred.with_name(pred.name + "_eval") / "per_case.csv")
@@ -190,14 +288,16 @@ def predict_and_evaluate(args, workdir: Path, did: int, name: str, seed: int) ->
 
 
 def per_case_metrics(path: Path) -> dict:
-    """``{case: {"dice": mean over organs, "nsd": ...}}`` from evaluate's long-form per_case.csv."""
+    """``{case: {"dice": mean over organs, "nsd": ..., "organs": {name: Dice}}}`` from evaluate's long-form
+    per_case.csv."""
     by_case = {}
     for row in csv.DictReader(open(path)):
         by_case.setdefault(row["case"], []).append(row)
+    value = lambda r, m: float(r[m]) if r[m] not in ("", "nan") else np.nan  # noqa: E731
     res = {}
     for case, rows in by_case.items():
-        res[case] = {m: float(np.nanmean([float(r[m]) if r[m] not in ("", "nan") else np.nan for r in rows]))
-                     for m in ("dice", "nsd")}
+        res[case] = {m: float(np.nanmean([value(r, m) for r in rows])) for m in ("dice", "nsd")}
+        res[case]["organs"] = {r["name"]: value(r, "dice") for r in rows}
     return res
 
 
@@ -205,71 +305,102 @@ def summarise(per_seed: dict) -> dict:
     from nnunet_ext.benchmark.stats import bootstrap_ci
 
     seeds = sorted(per_seed)
-    tools = ("stock", "stock_noTTA", "c2f")
-    summary = {}
+    tools = [t for t in TOOL_VERSION if all(t in per_seed[s] for s in seeds)]
+    summary = {"tools": tools}
     for tool in tools:
         rs = [per_seed[s][tool] for s in seeds]
         cases = sorted(rs[0]["per_case"])
         dice = np.mean([[r["per_case"][c]["dice"] for c in cases] for r in rs], 0)
         nsd = np.mean([[r["per_case"][c]["nsd"] for c in cases] for r in rs], 0)
+        organs = sorted({o for r in rs for c in cases for o in r["per_case"][c].get("organs", {})})
         summary[tool] = {"per_case_s": float(np.mean([r["per_case_s"] for r in rs])),
                          "cpu_per_case_s": float(np.mean([r["cpu_per_case_s"] for r in rs])),
                          "peak_ram_mb": float(np.max([r["peak_ram_mb"] for r in rs])),
                          "dice": float(np.mean(dice)), "nsd": float(np.mean(nsd)), "cases": cases,
-                         "dice_per_case": dice.tolist(), "nsd_per_case": nsd.tolist()}
-        if tool == "c2f":
-            summary[tool]["network_share"] = float(np.mean([r["network_share"] for r in rs]))
-            summary[tool]["case_mean_s"] = float(np.mean([r["case_mean_s"] for r in rs]))
-    for tool in ("stock", "stock_noTTA"):
-        d = np.array(summary["c2f"]["dice_per_case"]) - np.array(summary[tool]["dice_per_case"])
-        m = np.array(summary["c2f"]["nsd_per_case"]) - np.array(summary[tool]["nsd_per_case"])
-        summary[f"c2f_minus_{tool}"] = {"dice_points": [100 * v for v in bootstrap_ci(d)],
-                                        "nsd_points": [100 * v for v in bootstrap_ci(m)],
-                                        "speedup": summary[tool]["per_case_s"] / summary["c2f"]["per_case_s"],
-                                        "cpu_speedup": summary[tool]["cpu_per_case_s"] /
-                                        summary["c2f"]["cpu_per_case_s"]}
+                         "dice_per_case": dice.tolist(), "nsd_per_case": nsd.tolist(),
+                         "dice_per_organ": {o: float(np.nanmean([r["per_case"][c]["organs"].get(o, np.nan)
+                                                                 for r in rs for c in cases])) for o in organs}}
+        if tool.startswith("c2f"):
+            for k in ("network_share", "case_mean_s", "roi_fraction"):
+                summary[tool][k] = float(np.mean([r[k] for r in rs]))
+            for k in ("cases_whole_volume", "cases_missing_class"):
+                summary[tool][k] = int(np.sum([r[k] for r in rs]))
+            summary[tool]["case_runs"] = len(cases) * len(rs)
+    pairs = [(a, b) for a in ("c2f", "c2f_weak", "c2f_drop") for b in ("stock", "stock_noTTA", f"{a}_argmax")]
+    for a, b in pairs:
+        if a not in tools or b not in tools:
+            continue
+        d = np.array(summary[a]["dice_per_case"]) - np.array(summary[b]["dice_per_case"])
+        m = np.array(summary[a]["nsd_per_case"]) - np.array(summary[b]["nsd_per_case"])
+        summary[f"{a}_minus_{b}"] = {"dice_points": [100 * v for v in bootstrap_ci(d)],
+                                     "nsd_points": [100 * v for v in bootstrap_ci(m)],
+                                     "speedup": summary[b]["per_case_s"] / summary[a]["per_case_s"],
+                                     "cpu_speedup": summary[b]["cpu_per_case_s"] / summary[a]["cpu_per_case_s"]}
     return summary
 
 
 def write_report(args, summary: dict, command: str, results_dir: Path) -> Path:
+    from common import new_record_stem
+
     date = _dt.date.today().isoformat()
-    base = results_dir / f"c2f_{args.data}_{date}"
-    s = summary
+    base = new_record_stem(results_dir / f"c2f_{args.data}_{date}")
+    s, tools = summary, summary["tools"]
+    ref = "stock" if "stock" in tools else "stock_noTTA"
+    budget = f"{args.epochs} x {args.iterations} iterations per model"
+    if args.weak_coarse_epochs:
+        budget += f" (weakened coarse model: {args.weak_coarse_epochs} x {args.iterations})"
+    if args.drop_coarse_class:
+        budget += f"; c2f_drop: the coarse model without class {args.drop_coarse_class}"
     lines = [f"# Coarse-to-fine inference vs stock nnU-Net ({args.data})", "",
              f"- date: {date}", f"- machine: {machine()}", f"- command: `{command}`",
-             f"- seeds: {args.seeds}; budget: {args.epochs} x 50 iterations per model (stock nnUNetTrainer, "
-             f"{PLANS} at {args.gpu_memory_target} GB, fold 0); test cases: {len(s['stock']['cases'])}",
+             f"- seeds: {args.seeds}; budget: {budget} (stock nnUNetTrainer, {PLANS} at {args.gpu_memory_target} GB, "
+             f"fold 0); test cases: {len(s[tools[0]]['cases'])}",
              "- wall time per case: one run of the tool over all test cases (start to exit, model loading included) "
              "/ number of cases; CPU s / case: user + system time of the tool's process tree (from wait4; less "
              "sensitive than wall time to other load on the machine); peak RAM: largest single process of the run "
              "(ru_maxrss)", "",
-             "| tool | wall s / case | CPU s / case | speed-up (wall, CPU) | peak RAM MB | Dice | NSD 1 mm |",
+             f"| tool | wall s / case | CPU s / case | speed-up vs {ref} (wall, CPU) | peak RAM MB | Dice | NSD 1 mm |",
              "|---|---|---|---|---|---|---|"]
-    names = {"stock": "nnUNetv2_predict -c 3d_fullres (defaults: mirroring, step 0.5)",
-             "stock_noTTA": "nnUNetv2_predict -c 3d_fullres --disable_tta", "c2f": "nnunet-ext predict-c2f (defaults)"}
-    for tool in ("stock", "stock_noTTA", "c2f"):
+    for tool in tools:
         r = s[tool]
-        sp = "" if tool == "c2f" else (f"{s[f'c2f_minus_{tool}']['speedup']:.2f}x, "
-                                       f"{s[f'c2f_minus_{tool}']['cpu_speedup']:.2f}x")
-        lines.append(f"| {names[tool]} | {r['per_case_s']:.2f} | {r['cpu_per_case_s']:.2f} | {sp} | "
+        sp = "" if tool == ref else (f"{s[ref]['per_case_s'] / r['per_case_s']:.2f}x, "
+                                     f"{s[ref]['cpu_per_case_s'] / r['cpu_per_case_s']:.2f}x")
+        lines.append(f"| {TOOL_NAMES[tool]} | {r['per_case_s']:.2f} | {r['cpu_per_case_s']:.2f} | {sp} | "
                      f"{r['peak_ram_mb']:.0f} | {r['dice']:.4f} | {r['nsd']:.4f} |")
-    lines += ["", "Paired per case (mean over organs, seeds averaged), predict-c2f minus the other, points, "
-                  "mean [95% bootstrap CI]:", "",
-              "| vs | Dice | NSD |", "|---|---|---|"]
-    for tool in ("stock", "stock_noTTA"):
-        d, n = s[f"c2f_minus_{tool}"]["dice_points"], s[f"c2f_minus_{tool}"]["nsd_points"]
-        lines.append(f"| {tool} | {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] | {n[0]:+.2f} [{n[1]:+.2f}, {n[2]:+.2f}] |")
-    sp, dp = min(s["c2f_minus_stock"]["speedup"], s["c2f_minus_stock"]["cpu_speedup"]), \
-        s["c2f_minus_stock"]["dice_points"]
+    c2f_tools = [t for t in tools if t.startswith("c2f")]
+    organs = sorted({o for t in tools for o in s[t]["dice_per_organ"]})
+    lines += ["", "Region of interest (issue 27) and Dice per organ (mean over cases and seeds): ROI = the share of "
+                  "the volume the fine model saw; widened = cases whose coarse prediction missed a class that every "
+                  "training case has (softmax ROI: the larger margin; argmax ROI: only reported); whole = the fine "
+                  "model on the whole volume.", "",
+              "| tool | ROI share | widened | whole | " + " | ".join(organs) + " |",
+              "|---|---|---|---|" + "---|" * len(organs)]
+    for tool in tools:
+        r = s[tool]
+        roi = (f"{100 * r['roi_fraction']:.1f}% | {r['cases_missing_class']} / {r['case_runs']} | "
+               f"{r['cases_whole_volume']} / {r['case_runs']}") if tool in c2f_tools else "100% | | "
+        lines.append(f"| {tool} | {roi} | " + " | ".join(f"{r['dice_per_organ'].get(o, float('nan')):.3f}"
+                                                        for o in organs) + " |")
+    lines += ["", "Paired per case (mean over organs, seeds averaged), first minus second, points, "
+                  "mean [95% bootstrap CI]:", "", "| pair | Dice | NSD |", "|---|---|---|"]
+    for key in [k for k in s if "_minus_" in k]:
+        d, n = s[key]["dice_points"], s[key]["nsd_points"]
+        lines.append(f"| {key.replace('_minus_', ' - ')} | {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] | "
+                     f"{n[0]:+.2f} [{n[1]:+.2f}, {n[2]:+.2f}] |")
+    vs = s[f"c2f_minus_{ref}"]
+    sp, dp = min(vs["speedup"], vs["cpu_speedup"]), vs["dice_points"]
     share = s["c2f"]["network_share"]
     lines += ["", f"predict-c2f per case without model loading (its CSV): {s['c2f']['case_mean_s']:.2f} s, "
                   f"{100 * share:.0f}% of it in the networks.", "",
-              "Goals (issue #12): speed-up >= 5x vs stock (the smaller of wall and CPU): "
+              f"Goals (issue #12): speed-up >= 5x vs {ref} (the smaller of wall and CPU): "
               + ("met" if sp >= 5 else "NOT met") + f" ({sp:.2f}x); "
               "Dice within 1 point: " + ("met" if dp[1] >= -1 and dp[2] <= 1 else
                                           ("met on the mean, the CI is wider" if abs(dp[0]) <= 1 else "NOT met"))
               + f" ({dp[0]:+.2f} [{dp[1]:+.2f}, {dp[2]:+.2f}]); >= 70% of the time in the networks: "
               + ("met" if share >= 0.7 else "NOT met") + f" ({100 * share:.0f}%)."]
+    if ref != "stock":
+        lines += ["", "Stock nnU-Net with mirroring was not run (--skip-stock-tta): the speed-up is against stock "
+                      "without mirroring."]
     if len(args.seeds.split(",")) == 1:
         lines += ["", "One training seed: a smoke test of the quality claim, not a measurement of it."]
     write_record(base, {"date": date, "machine": machine(), "command": command, "args": vars(args), "summary": summary},

@@ -13,21 +13,25 @@ topology for the GPU memory target), so every trainer of nnU-Net and of this pro
   Preprocessed by ``nnunet_ext.flare22.preprocess.ROICropPreprocessor`` (crops to the ROI first). At inference
   the ROI comes from the coarse model (``nnunet-ext predict-c2f``).
 
-Both carry ``"nnunet_ext": {"c2f": "coarse" | "fine", "roi_margin_mm": M}``. nnU-Net's planner is used as is
-(``-pl`` names any nnU-Net planner class, e.g. ``nnUNetPlannerResEncM``); nnU-Net cannot load planners from outside
-its package, so ``nnUNetv2_plan_and_preprocess -pl`` cannot run this: the verb calls the planner itself.
+Both carry ``"nnunet_ext": {"c2f": "coarse" | "fine", "roi_margin_mm": M}``; the fine one also records predict-c2f's ROI
+rule (``roi_mode``, ``roi_fg_threshold``, ``roi_min_component_ml``, ``roi_missing_class_margin_mm``: see
+``nnunet_ext.flare22.roi``) and ``always_present_classes``, the classes that every training label has (read from the
+label files in the same pass that measures the ROI sizes), which predict-c2f checks the coarse prediction against.
+nnU-Net's planner is used as is (``-pl`` names any nnU-Net planner class, e.g. ``nnUNetPlannerResEncM``); nnU-Net
+cannot load planners from outside its package, so ``nnUNetv2_plan_and_preprocess -pl`` cannot run this: the verb
+calls the planner itself.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from nnunet_ext.atomic_io import write_json_atomic
 from nnunet_ext.errors import UserError
-from nnunet_ext.flare22.roi import DEFAULT_MARGIN_MM, roi_from_mask
+from nnunet_ext.flare22.roi import DEFAULT_MARGIN_MM, ROIRule, class_names, roi_from_mask
 from nnunet_ext.unlabeled.roi import ROICrop
 
 COARSE, FINE = "3d_coarse", "3d_fine"
@@ -66,21 +70,25 @@ def coarse_spacing(fullres_spacing: Sequence[float], median_shape: Sequence[floa
     return [float(s) * max(1.0, float(m) / coarse_size) for s, m in zip(fullres_spacing, median_shape)]
 
 
-def _roi_shape_mm(label_file: str, reader_class: str, margin_mm: float) -> Optional[List[float]]:
-    """Physical size (mm, original axis order) of one label file's ROI; None for an empty label map."""
+def _roi_shape_mm(label_file: str, reader_class: str, margin_mm: float) -> Tuple[Optional[List[float]], List[int]]:
+    """Physical size (mm, original axis order) of one label file's ROI (None for an empty label map), and the label
+    values it has."""
     from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
 
     seg, props = recursive_find_reader_writer_by_name(reader_class)().read_seg(label_file)
+    present = [int(v) for v in np.unique(seg)]
     roi = roi_from_mask(seg[0] > 0, props["spacing"], margin_mm)
     if roi.bbox is None:
-        return None
-    return [float((b - a) * s) for (a, b), s in zip(roi.bbox, props["spacing"])]
+        return None, present
+    return [float((b - a) * s) for (a, b), s in zip(roi.bbox, props["spacing"])], present
 
 
 def median_roi_shape(dataset_name: str, reader_class: str, spacing_transposed: Sequence[float],
-                     transpose_forward: Sequence[int], margin_mm: float, num_processes: int = 2) -> List[int]:
+                     transpose_forward: Sequence[int], margin_mm: float,
+                     num_processes: int = 2) -> Tuple[List[int], List[int]]:
     """Median ROI size in voxels at ``spacing_transposed`` (nnU-Net's transposed axis order) over the training
-    labels."""
+    labels, and the classes of dataset.json (background and the ignore label left out) that every one of them has;
+    each label file is read once."""
     from multiprocessing import get_context
 
     from nnunetv2.paths import nnUNet_raw
@@ -92,12 +100,15 @@ def median_roi_shape(dataset_name: str, reader_class: str, spacing_transposed: S
     files = [v["label"] for v in get_filenames_of_train_images_and_targets(folder, dataset_json).values()]
     args = [(f, reader_class, margin_mm) for f in files]
     with get_context("spawn").Pool(max(1, num_processes)) as pool:
-        sizes = [s for s in tqdm(pool.starmap(_roi_shape_mm, args), total=len(args), desc="ROI sizes",
-                                 unit="label") if s is not None]
+        found = list(tqdm(pool.starmap(_roi_shape_mm, args), total=len(args), desc="ROI sizes", unit="label"))
+    sizes = [s for s, _ in found if s is not None]
     if not sizes:
         raise UserError(f"no training label of {dataset_name} has foreground: 3d_fine has no ROI to plan")
     mm = np.median(np.array(sizes), 0)[list(transpose_forward)]
-    return [int(round(m / s)) for m, s in zip(mm, spacing_transposed)]
+    always = set(class_names(dataset_json)) - {0}
+    for _, present in found:
+        always &= set(present)
+    return [int(round(m / s)) for m, s in zip(mm, spacing_transposed)], sorted(always)
 
 
 def _planner(dataset: str, planner: str, plans: str, gpu_memory_target: Optional[float]):
@@ -116,9 +127,11 @@ def _planner(dataset: str, planner: str, plans: str, gpu_memory_target: Optional
 
 def plan_c2f(dataset, plans: str = "nnUNetPlans", planner: str = "ExperimentPlanner",
              gpu_memory_target: Optional[float] = None, coarse_size: int = DEFAULT_COARSE_SIZE,
-             margin_mm: float = DEFAULT_MARGIN_MM, num_processes: int = 2, preprocess: bool = True) -> Dict[str, dict]:
+             margin_mm: float = DEFAULT_MARGIN_MM, num_processes: int = 2, preprocess: bool = True,
+             roi_rule: Optional[ROIRule] = None) -> Dict[str, dict]:
     """Add ``3d_coarse`` and ``3d_fine`` to ``plans`` of ``dataset`` (planning nnU-Net's configurations first if the
-    plans do not exist, extracting the fingerprint first if needed) and preprocess both."""
+    plans do not exist, extracting the fingerprint first if needed) and preprocess both. ``roi_rule``: predict-c2f's
+    ROI settings recorded in the fine plans (default: ``ROIRule`` with ``margin_mm``; its margin is ``margin_mm``)."""
     from nnunet_ext.paths import dataset_id, nnunet_folder, resolve_dataset_name
 
     name = resolve_dataset_name(dataset)
@@ -154,12 +167,16 @@ def plan_c2f(dataset, plans: str = "nnUNetPlans", planner: str = "ExperimentPlan
                             "coarse_size": int(coarse_size)}
 
     # fine: full resolution on the labels' bounding box + margin
-    f_median = median_roi_shape(name, p["image_reader_writer"], spacing, p["transpose_forward"], margin_mm,
-                                num_processes)
+    f_median, always = median_roi_shape(name, p["image_reader_writer"], spacing, p["transpose_forward"], margin_mm,
+                                        num_processes)
     fine = pl.get_plans_for_configuration(spacing, f_median, f"{plans}_{FINE}",
                                           float(np.prod(f_median, dtype=np.float64) * n_train), {})
     fine["batch_dice"] = bool(full.get("batch_dice", False))
-    fine["nnunet_ext"] = {"c2f": "fine", "coarse_configuration": COARSE, "roi_margin_mm": float(margin_mm)}
+    rule = roi_rule or ROIRule(margin_mm=margin_mm)
+    rule = ROIRule(mode=rule.mode, margin_mm=margin_mm, fg_threshold=rule.fg_threshold,
+                   min_component_ml=rule.min_component_ml, missing_margin_mm=rule.missing_margin_mm,
+                   always_present=always)
+    fine["nnunet_ext"] = {"c2f": "fine", "coarse_configuration": COARSE, **rule.plans_record()}
 
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
@@ -171,6 +188,8 @@ def plan_c2f(dataset, plans: str = "nnUNetPlans", planner: str = "ExperimentPlan
         print(f"plan-c2f: {name} {plans}: {c}: spacing {[round(s, 3) for s in cfg['spacing']]}, median size "
               f"{list(cfg['median_image_size_in_voxels'])}, patch {list(cfg['patch_size'])}, "
               f"batch {cfg['batch_size']}, features {list(cfg['architecture']['arch_kwargs']['features_per_stage'])}")
+    print(f"plan-c2f: classes that every training case has: {' '.join(map(str, always)) or 'none'} (predict-c2f "
+          f"warns and widens the ROI when the coarse model misses one)")
     if preprocess:
         preprocess_c2f(ds_id, plans, num_processes)
     print(f"next: nnUNetv2_train {ds_id} {COARSE} 0 && nnUNetv2_train {ds_id} {FINE} 0   (any -tr), then "
